@@ -1,0 +1,1 @@
+"""Wake-sleep objectives for NumPyro (see issue 3)."""

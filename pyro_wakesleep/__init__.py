@@ -1,0 +1,20 @@
+"""Wake-sleep and reweighted wake-sleep objectives for Pyro.
+
+Hand an objective to Pyro's own SVI::
+
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
+                         loss=pyro_wakesleep.ReweightedWakeSleep(num_particles=10))
+"""
+
+from .dreams import DreamRoutingError
+from .losses import NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
+from .traces import ModelGuideMismatchError
+
+__all__ = [
+    "DreamRoutingError",
+    "ModelGuideMismatchError",
+    "NonFiniteLossWarning",
+    "ReweightedWakeSleep",
+    "WakeSleep",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""Helmholtz machines: layered sigmoid belief nets with a recognition network.
+
+Generative (top-down)::
+
+    h_L ~ Bernoulli(sigmoid(b_L))
+    h_l | h_{l+1} ~ Bernoulli(sigmoid(W_l h_{l+1} + b_l))      l = L-1 .. 1
+    x | h_1 ~ Bernoulli(sigmoid(W_0 h_1 + b_0))
+
+Recognition (bottom-up)::
+
+    h_1 | x ~ Bernoulli(sigmoid(V_1 x + c_1)),  h_l | h_{l-1} ~ Bernoulli(sigmoid(V_l h_{l-1} + c_l))
+
+``model`` and ``guide`` are ordinary Pyro programs over a ``(batch, D)`` tensor
+``x``; any objective of this package trains them. Batch dimensions are read
+from the right, so vectorised particles and dreams broadcast through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+__all__ = ["HelmholtzMachine"]
+
+
+class HelmholtzMachine(nn.Module):
+    """A sigmoid belief net ``p(x, h_1..h_L)`` with a bottom-up recognition net ``q(h|x)``.
+
+    :param num_visible: ``D``, the number of binary visible units.
+    :param hidden: sizes of the hidden layers from the bottom (nearest ``x``) to the top,
+        e.g. ``(8, 1)`` for the bars network of Hinton et al. (1995): 16-8-1.
+    :param name: prefix of the parameters in Pyro's param store.
+    """
+
+    def __init__(self, num_visible: int, hidden: Sequence[int], name: str = "helmholtz") -> None:
+        super().__init__()
+        if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
+                f"size >= 1, got num_visible={num_visible}, hidden={tuple(hidden)}."
+            )
+        self.num_visible = num_visible
+        self.hidden = tuple(int(h) for h in hidden)
+        self.name = name
+        sizes = (num_visible, *self.hidden)
+        # Model and guide register disjoint modules, so that each phase of an alternating
+        # schedule touches only its own parameters.
+        self.generative = nn.Module()
+        self.generative.top_logits = nn.Parameter(torch.zeros(sizes[-1]))
+        # generative.layers[i] maps layer i+1 to layer i (0 = visible)
+        self.generative.layers = nn.ModuleList(
+            nn.Linear(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)
+        )
+        # recognition[i] maps layer i to layer i+1
+        self.recognition = nn.ModuleList(
+            nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)
+        )
+
+    def _plate(self, x: Tensor, num_data: int | None) -> pyro.plate:
+        batch = x.shape[-2]
+        if num_data is None:
+            return pyro.plate("data", batch, dim=-1)
+        return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
+
+    def model(self, x: Tensor, num_data: int | None = None) -> None:
+        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
+        generative = pyro.module(f"{self.name}_generative", self.generative)
+        depth = len(self.hidden)
+        with self._plate(x, num_data):
+            top = dist.Bernoulli(logits=generative.top_logits).to_event(1)
+            h = pyro.sample(f"h{depth}", top)
+            for layer in range(depth - 1, -1, -1):
+                logits = generative.layers[layer](h)
+                if layer == 0:
+                    pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                else:
+                    h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=logits).to_event(1))
+
+    def guide(self, x: Tensor, num_data: int | None = None) -> None:
+        """``q(h | x)``, bottom-up."""
+        recognition = pyro.module(f"{self.name}_recognition", self.recognition)
+        with self._plate(x, num_data):
+            h = x
+            for layer, net in enumerate(recognition, start=1):
+                h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=net(h)).to_event(1))

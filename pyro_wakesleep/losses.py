@@ -1,0 +1,390 @@
+"""Wake-sleep objectives as :class:`pyro.infer.ELBO` losses for :class:`pyro.infer.SVI`.
+
+The maths is in :mod:`pyro_wakesleep.objectives`, tracing in
+:mod:`pyro_wakesleep.traces`, dreaming in :mod:`pyro_wakesleep.dreams`; the
+classes here pick the terms of a step and hand their gradient to Pyro.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pyro.infer import ELBO
+from pyro.infer.util import is_validation_enabled
+from torch import Tensor
+
+from . import objectives
+from .dreams import DreamArgs, Dreamer
+from .traces import (
+    ImportanceTraces,
+    guess_plate_nesting,
+    importance_traces,
+    sample_sites,
+    trace_params,
+)
+
+__all__ = ["NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+
+Phase = Literal["both", "model", "guide"]
+_FIRST_PHASE: dict[object, Phase] = {
+    False: "both",
+    True: "model",
+    "model_first": "model",
+    "guide_first": "guide",
+}
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """A wake-sleep step met a non-finite term and changed no parameter."""
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def _check_arguments(
+    num_particles, insomnia, num_sleep_particles, vectorize_particles, max_plate_nesting,
+    alternate, dream_args,
+) -> None:  # fmt: skip
+    _check_count("num_particles", num_particles)
+    if num_sleep_particles is not None:
+        _check_count("num_sleep_particles", num_sleep_particles)
+    if not isinstance(insomnia, numbers.Real) or not 0.0 <= insomnia <= 1.0:
+        raise ValueError(
+            f"insomnia must be a number in [0, 1] (1: wake-phi only, 0: sleep-phi only), "
+            f"got {insomnia!r}."
+        )
+    if not isinstance(vectorize_particles, bool):
+        raise ValueError(f"vectorize_particles must be True or False, got {vectorize_particles!r}.")
+    if max_plate_nesting != math.inf and (
+        isinstance(max_plate_nesting, bool)
+        or not isinstance(max_plate_nesting, numbers.Integral)
+        or max_plate_nesting < 0
+    ):
+        raise ValueError(
+            "max_plate_nesting must be a non-negative integer (the model's own plates, not "
+            f"counting particles) or float('inf') to guess it, got {max_plate_nesting!r}."
+        )
+    if not (alternate is False or alternate is True or alternate in ("model_first", "guide_first")):
+        raise ValueError(
+            "alternate must be False (update model and guide together), True or 'model_first' "
+            f"(model, then guide, ...), or 'guide_first', got {alternate!r}."
+        )
+    if dream_args is not None and not callable(dream_args):
+        raise ValueError(
+            "dream_args must be None or a callable (observations, args, kwargs) -> (args, kwargs), "
+            f"got {dream_args!r}."
+        )
+
+
+class _WakeSleepELBO(ELBO):
+    """Shared machinery of :class:`ReweightedWakeSleep` and :class:`WakeSleep`.
+
+    Subclasses say which bound is reported and which wake-θ estimator is used.
+    """
+
+    def __init__(
+        self,
+        num_particles: int,
+        insomnia: float,
+        num_sleep_particles: int | None,
+        vectorize_particles: bool,
+        max_plate_nesting: float,
+        alternate: bool | str,
+        dream_args: DreamArgs | None,
+    ) -> None:
+        _check_arguments(
+            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+        # Pyro's ELBO adds the particle plate to max_plate_nesting when vectorising; here it
+        # always counts the model's own plates, so the base class must not vectorise.
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.vectorize_particles = vectorize_particles
+        self.insomnia = float(insomnia)
+        self.num_sleep_particles = (
+            num_particles if num_sleep_particles is None else num_sleep_particles
+        )
+        self.alternate = alternate
+        self.dream_args = dream_args
+        self._dreamer = Dreamer(self.num_sleep_particles, vectorize_particles, dream_args)
+        self._guessed_plate_nesting: int | None = None
+        self._next_phase: Phase = _FIRST_PHASE[alternate]
+        self._last: dict[str, Tensor] = {}
+
+    # -- what subclasses choose ------------------------------------------------------------
+    def _bound(self, log_weights: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _wake_theta_loss(self, log_p: Tensor, log_q: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        """What the next :meth:`loss_and_grads` updates: ``"both"``, ``"model"`` or ``"guide"``."""
+        return self._next_phase
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """The terms of the last evaluation, in nats, for logging.
+
+        ``loss`` is the reported value; ``wake_theta``, ``wake_phi`` and ``sleep_phi`` are the
+        surrogate terms that were computed (unweighted by ``insomnia``); ``ess`` is the mean
+        over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``.
+        Reading it synchronises with the device; the training step itself does not.
+        """
+        terms = {name: float(t) for name, t in self._last.items() if name != "log_weights"}
+        if "log_weights" in self._last:
+            weights = objectives.normalized_weights(self._last["log_weights"])
+            terms["ess"] = float((1.0 / (weights**2).sum(0)).mean())
+        return terms
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """The reported value (negative bound, nats) without gradients or a sleep phase."""
+        with torch.no_grad():
+            wake = self._wake(model, guide, args, kwargs)
+            value = self._value(wake)
+            self._last = {"loss": value, "log_weights": wake.log_weights}
+            result = value.item()
+            if not math.isfinite(result):
+                warnings.warn(self._diagnose(wake, {"loss": value}), NonFiniteLossWarning, 2)
+        return result
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
+        """A scalar whose value is the reported value and whose gradient is the full update.
+
+        Both model and guide terms are included whatever ``alternate`` says; the phase does
+        not advance. With Pyro validation enabled a non-finite result raises ``ValueError``.
+        """
+        loss, wake, terms = self._surrogate(model, guide, args, kwargs, "both")
+        if is_validation_enabled() and not torch.isfinite(loss):
+            raise ValueError(self._diagnose(wake, terms))
+        return loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Back-propagate this step's update and return the reported value.
+
+        With ``alternate`` set, the parameters of the side not updated this step end it with
+        ``grad = None``, so optimisers (Adam's moments included) leave them untouched. A
+        non-finite value warns with :class:`NonFiniteLossWarning`, sets no gradient at all
+        (the step changes nothing) and does not advance the phase.
+        """
+        phase = self._next_phase
+        loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
+        value = loss.item()
+        model_params, guide_params = trace_params(wake.model_trace), trace_params(wake.guide_trace)
+        if not math.isfinite(value):
+            warnings.warn(
+                self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
+                NonFiniteLossWarning,
+                stacklevel=2,
+            )
+            for param in model_params | guide_params:
+                param.grad = None
+            return value
+        loss.backward()
+        if phase != "both":
+            idle = guide_params - model_params if phase == "model" else model_params - guide_params
+            for param in idle:
+                param.grad = None
+            self._next_phase = "guide" if phase == "model" else "model"
+        return value
+
+    # -- the step -------------------------------------------------------------------------
+    def _get_trace(self, model, guide, args, kwargs):  # pyro.infer.ELBO's abstract hook
+        wake = self._wake(model, guide, args, kwargs)
+        return wake.model_trace, wake.guide_trace
+
+    def _plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+        if self.max_plate_nesting != math.inf:
+            return int(self.max_plate_nesting)
+        if self._guessed_plate_nesting is None:
+            self._guessed_plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
+        return self._guessed_plate_nesting
+
+    def _wake(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> ImportanceTraces:
+        return importance_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=self.num_particles,
+            plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+            vectorize=self.vectorize_particles,
+        )
+
+    def _value(self, wake: ImportanceTraces) -> Tensor:
+        return -_scaled_sum(self._bound(wake.log_weights), wake.data_scale)
+
+    def _surrogate(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, phase: Phase
+    ) -> tuple[Tensor, ImportanceTraces, dict[str, Tensor]]:
+        wake = self._wake(model, guide, args, kwargs)
+        terms: dict[str, Tensor] = {}
+        weighted: list[Tensor] = []
+        if phase != "guide":
+            terms["wake_theta"] = _scaled_sum(
+                self._wake_theta_loss(wake.log_p, wake.log_q), wake.data_scale
+            )
+            weighted.append(terms["wake_theta"])
+        if phase != "model":
+            if self.insomnia > 0.0:
+                terms["wake_phi"] = _scaled_sum(
+                    objectives.wake_phi_loss(wake.log_weights, wake.log_q), wake.data_scale
+                )
+                weighted.append(self.insomnia * terms["wake_phi"])
+            if self.insomnia < 1.0:
+                log_q_dreams = self._dreamer.log_q(
+                    model,
+                    guide,
+                    args,
+                    kwargs,
+                    plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+                    wake_model_trace=wake.model_trace,
+                    wake_guide_trace=wake.guide_trace,
+                )
+                terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
+                weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
+        value = self._value(wake)
+        self._last = {
+            "loss": value.detach(),
+            **{name: t.detach() for name, t in terms.items()},
+            "log_weights": wake.log_weights.detach(),
+        }
+        return objectives.surrogate(value, *weighted), wake, {"loss": value, **terms}
+
+    # -- diagnosis of a non-finite step (slow path only) ----------------------------------
+    @staticmethod
+    def _diagnose(wake: ImportanceTraces, terms: dict[str, Tensor]) -> str:
+        bad_terms = [name for name, t in terms.items() if not torch.isfinite(t).all()]
+        log_w = wake.log_weights
+        dead = (log_w == -math.inf).all(0)
+        parts = [f"Non-finite wake-sleep term(s) {bad_terms}."]
+        if dead.any():
+            parts.append(
+                f"{int(dead.sum())} datapoint(s) have zero weight under every particle "
+                "(log p(x, z) - log q(z|x) = -inf for all of them)."
+            )
+        bad_sites = [
+            f"{role} site '{name}'"
+            for role, trace in (("model", wake.model_trace), ("guide", wake.guide_trace))
+            for name, site in sample_sites(trace)
+            if not torch.isfinite(site["fn"].log_prob(site["value"])).all()
+        ]
+        if bad_sites:
+            parts.append(f"Non-finite log-probabilities at {', '.join(bad_sites)}.")
+        parts.append(
+            "Check that the guide proposes only values the model supports, that probabilities "
+            "are not exactly 0 or 1 (clamp logits), and the learning rate."
+        )
+        return " ".join(parts)
+
+
+def _scaled_sum(per_datapoint: Tensor, data_scale: float) -> Tensor:
+    """Sum over datapoints after multiplying by the data plates' sub-sampling factor ``N/B``."""
+    total = per_datapoint.sum()
+    return total if data_scale == 1.0 else data_scale * total
+
+
+class ReweightedWakeSleep(_WakeSleepELBO):
+    r"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019) as an SVI loss.
+
+    Per datapoint, ``K = num_particles`` guide samples :math:`z_k \sim q_\phi(\cdot|x)`
+    (no gradient through the sample) are weighted by
+    :math:`\log w_k = \log p_\theta(x,z_k) - \log q_\phi(z_k|x)`, :math:`\bar w = \mathrm{softmax}(\log w)`:
+
+    - wake-θ, the model update: :math:`\sum_k \bar w_k \nabla_\theta \log p_\theta(x, z_k)`;
+    - wake-φ: :math:`\sum_k \bar w_k \nabla_\phi \log q_\phi(z_k | x)`;
+    - sleep-φ: :math:`\frac{1}{M}\sum_m \nabla_\phi \log q_\phi(z_m|x_m)`,
+      :math:`(z_m, x_m) \sim p_\theta` dreamed from the model, ``M = num_sleep_particles``.
+
+    The guide follows ``insomnia · wake-φ + (1 − insomnia) · sleep-φ``. The reported value is
+    the negative importance-weighted bound :math:`-\sum_x \log \frac1K \sum_k w_k` (nats),
+    an unbiased estimate of its full-data value under plate sub-sampling.
+
+    Weights are formed per element of the plates that enclose every sample site (the data
+    plate); with a global latent they are joint. Sub-sampled plates: unscaled
+    log-densities inside the log-sum-exp, the ``N/B`` factor outside.
+
+    Cost per step: ``K`` guide samples and ``K`` model and guide log-density evaluations;
+    with ``insomnia < 1`` also ``M`` model samples and ``M`` guide evaluations.
+
+    :param num_particles: ``K``, guide samples per datapoint (``K = 1`` is allowed).
+    :param insomnia: weight of wake-φ against sleep-φ in the guide update, in ``[0, 1]``.
+    :param num_sleep_particles: ``M``, dreams per step (default ``num_particles``).
+    :param vectorize_particles: particles (and dreams) as a plate rather than a loop.
+    :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+    :param alternate: ``False`` updates model and guide each step; ``True`` / ``"model_first"``
+        alternates model-only and guide-only steps, ``"guide_first"`` starts with the guide.
+    :param dream_args: ``(observations, args, kwargs) -> (args, kwargs)``, how dreams reach
+        the guide (see :mod:`pyro_wakesleep.dreams` for the default rules).
+
+    References: Bornschein & Bengio (2015), *Reweighted wake-sleep*, arXiv:1406.2751;
+    Le et al. (2019), *Revisiting reweighted wake-sleep for models with stochastic control
+    flow*, arXiv:1805.10469; Burda et al. (2016), *Importance weighted autoencoders*.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 10,
+        insomnia: float = 1.0,
+        num_sleep_particles: int | None = None,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+        alternate: bool | str = False,
+        dream_args: DreamArgs | None = None,
+    ) -> None:
+        super().__init__(
+            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+
+    def _bound(self, log_weights: Tensor) -> Tensor:
+        return objectives.iwae_bound(log_weights)
+
+    def _wake_theta_loss(self, log_p: Tensor, log_q: Tensor) -> Tensor:
+        return objectives.rws_wake_theta_loss(log_p, log_q)
+
+
+class WakeSleep(_WakeSleepELBO):
+    r"""Classic wake-sleep (Hinton, Dayan, Frey & Neal 1995) as an SVI loss.
+
+    - wake-θ: :math:`\frac1K \sum_k \nabla_\theta \log p_\theta(x, z_k)`,
+      :math:`z_k \sim q_\phi(\cdot|x)`, ``K = num_particles``;
+    - sleep-φ: :math:`\frac1M \sum_m \nabla_\phi \log q_\phi(z_m|x_m)`,
+      :math:`(z_m, x_m) \sim p_\theta`, ``M = num_sleep_particles``.
+
+    The reported value is the negative ELBO estimate
+    :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
+    :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        num_sleep_particles: int | None = None,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+        alternate: bool | str = False,
+        dream_args: DreamArgs | None = None,
+    ) -> None:
+        super().__init__(
+            num_particles, 0.0, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+
+    def _bound(self, log_weights: Tensor) -> Tensor:
+        return objectives.elbo_estimate(log_weights)
+
+    def _wake_theta_loss(self, log_p: Tensor, log_q: Tensor) -> Tensor:
+        return objectives.ws_wake_theta_loss(log_p)

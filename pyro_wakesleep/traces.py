@@ -1,0 +1,298 @@
+"""Running guide and model over particles, and reducing traces to log-weights.
+
+The estimators of :mod:`pyro_wakesleep.objectives` need, per particle and per
+datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
+
+- particles are a ``pyro.plate`` just outside the model's own plates
+  (vectorised) or a loop whose particles share one mini-batch (sequential);
+- the *data plates* are the vectorised plates that enclose every sample site
+  of model and guide; log-densities keep one entry per element of them and are
+  summed over every other dimension, so weights are per datapoint. With no
+  such plate (a global latent) the weights are joint;
+- log-densities use the site's scale *without* the data plates' sub-sampling
+  factor ``N/B``; that factor is returned separately (:attr:`ImportanceTraces.data_scale`)
+  and applied by the caller after the log-sum-exp over particles. Any other
+  scale (a sub-sampled plate that is not a data plate, ``poutine.scale``)
+  stays inside the log-weights, where it then targets the full-data posterior.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+
+__all__ = [
+    "DetachSamples",
+    "ImportanceTraces",
+    "ModelGuideMismatchError",
+    "check_model_guide_match",
+    "data_plates",
+    "guess_plate_nesting",
+    "importance_traces",
+    "log_density",
+    "observed_values",
+    "particle_plate",
+    "plate_sizes",
+    "sample_sites",
+    "trace_params",
+]
+
+#: Names of the plates this package adds; they are never data plates.
+PARTICLE_PLATE = "wakesleep_particles"
+DREAM_PLATE = "wakesleep_dreams"
+_OWN_PLATES = frozenset({PARTICLE_PLATE, DREAM_PLATE})
+
+
+class DetachSamples(Messenger):
+    """Cuts the gradient through every sampled (unobserved) value.
+
+    Wake-sleep estimators differentiate ``log p`` and ``log q`` at fixed
+    samples; a reparameterised sample must not carry a pathwise gradient into
+    the sites downstream of it. Enter it *outside* ``poutine.trace`` so that the
+    trace records the detached value (post-processing runs outermost first).
+    """
+
+    def _pyro_post_sample(self, msg: Message) -> None:
+        if not msg["is_observed"] and isinstance(msg["value"], Tensor):
+            msg["value"] = msg["value"].detach()
+
+
+def particle_plate(name: str, size: int, plate_nesting: int) -> pyro.plate:
+    """The plate of particles, one dimension left of the model's own plates."""
+    return pyro.plate(name, size, dim=-(plate_nesting + 1))
+
+
+def sample_sites(trace: Trace) -> Iterable[tuple[str, Message]]:
+    """``(name, site)`` of the trace's sample sites, plate sub-sampling sites excluded."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            yield name, site
+
+
+def guess_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """Number of nested vectorised plates in model and guide, found by running them once."""
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    dims = [
+        frame.dim
+        for trace in (model_trace, guide_trace)
+        for _, site in sample_sites(trace)
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+def data_plates(*traces: Trace) -> dict[str, pyro.poutine.indep_messenger.CondIndepStackFrame]:
+    """The vectorised plates that enclose every sample site of the given traces, by name."""
+    common: dict | None = None
+    for trace in traces:
+        for _, site in sample_sites(trace):
+            frames = {
+                frame.name: frame
+                for frame in site["cond_indep_stack"]
+                if frame.vectorized and frame.name not in _OWN_PLATES
+            }
+            common = frames if common is None else {n: f for n, f in common.items() if n in frames}
+    return common or {}
+
+
+def plate_sizes(trace: Trace) -> dict[str, int]:
+    """Size of every vectorised plate the trace's sample sites sit in (particle plates excluded)."""
+    return {
+        frame.name: frame.size
+        for _, site in sample_sites(trace)
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.name not in _OWN_PLATES
+    }
+
+
+def log_density(
+    trace: Trace, keep_dims: frozenset[int], ndim: int, scale_divisor: float = 1.0
+) -> Tensor | None:
+    """Sum of the trace's sample-site log-densities, reduced to the dimensions in ``keep_dims``.
+
+    Each site's log-probability is masked, multiplied by ``site["scale"] / scale_divisor``,
+    right-aligned to ``ndim`` batch dimensions and summed over every dimension not in
+    ``keep_dims`` (negative indices) with ``keepdim=True``. Returns ``None`` for a trace
+    without sample sites.
+    """
+    total = None
+    for name, site in sample_sites(trace):
+        log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+        scale = site["scale"] if scale_divisor == 1.0 else site["scale"] / scale_divisor
+        log_p = scale_and_mask(log_p, scale, site["mask"])
+        if not isinstance(log_p, Tensor):  # masked to the number zero
+            continue
+        if log_p.dim() > ndim:
+            raise ValueError(
+                f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
+                f"dimensions than the {ndim} plates (particles included) that enclose it. Declare "
+                "each batch dimension with a pyro.plate, or move it into the event with "
+                ".to_event(n); if max_plate_nesting was given, check it counts every plate."
+            )
+        log_p = log_p.reshape((1,) * (ndim - log_p.dim()) + log_p.shape)
+        sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
+        if sum_dims:
+            log_p = log_p.sum(sum_dims, keepdim=True)
+        total = log_p if total is None else total + log_p
+    return total
+
+
+def observed_values(trace: Trace) -> dict[str, Tensor]:
+    """Values of the observed sites of a model trace, by name."""
+    return {name: site["value"] for name, site in sample_sites(trace) if site["is_observed"]}
+
+
+def trace_params(trace: Trace) -> set[Tensor]:
+    """The unconstrained leaf tensors of the parameters a trace used."""
+    return {
+        site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"
+    }
+
+
+class ModelGuideMismatchError(ValueError):
+    """Model latents and guide sample sites disagree."""
+
+
+def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
+    """Raise ``ValueError`` naming the sites when model latents and guide sites disagree."""
+    model_latents = {n for n, s in sample_sites(model_trace) if not s["is_observed"]}
+    model_observed = {n for n, s in sample_sites(model_trace) if s["is_observed"]}
+    guide_sites = {
+        n for n, s in sample_sites(guide_trace) if not s["infer"].get("is_auxiliary", False)
+    }
+    missing = sorted(model_latents - guide_sites)
+    if missing:
+        raise ModelGuideMismatchError(
+            f"The model has latent site(s) {missing} that the guide does not sample. Wake-sleep "
+            "needs the guide to propose every latent variable of the model: add a pyro.sample "
+            "statement with the same name to the guide (or observe the site in the model)."
+        )
+    extra = sorted(guide_sites - model_latents)
+    if extra:
+        observed = sorted(set(extra) & model_observed)
+        hint = (
+            f" (the model observes {observed}: the guide must not sample them)" if observed else ""
+        )
+        raise ModelGuideMismatchError(
+            f"The guide samples site(s) {extra} that are not latent sites of the model{hint}. "
+            "Rename them to match the model's latent sites, remove them, or mark a genuine "
+            'auxiliary variable with infer={"is_auxiliary": True}.'
+        )
+
+
+@dataclass
+class ImportanceTraces:
+    """Per-particle, per-datapoint log-densities of one wake evaluation.
+
+    ``log_p`` and ``log_q`` have shape ``(K, *batch)``: particles first, then the
+    model's ``plate_nesting`` plate dimensions, of size 1 except for data plates.
+    """
+
+    log_p: Tensor
+    log_q: Tensor
+    data_scale: float
+    model_trace: Trace
+    guide_trace: Trace
+
+    @property
+    def log_weights(self) -> Tensor:
+        return self.log_p - self.log_q
+
+
+def _run_guide_and_model(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, mini_batch: Trace | None = None
+) -> tuple[Trace, Trace]:
+    """Guide draws (gradient-free) samples; the model is replayed against them.
+
+    ``mini_batch``, a trace of sub-sampling sites, fixes the plates' mini-batch indices.
+    """
+    if mini_batch is not None:
+        guide = poutine.replay(guide, trace=mini_batch)
+        model = poutine.replay(model, trace=mini_batch)
+    with DetachSamples():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def _mini_batch(*traces: Trace) -> Trace:
+    """The plate sub-sampling sites of the traces, to replay one mini-batch across particles."""
+    kept = Trace()
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site_is_subsample(site) and name not in kept:
+                kept.add_node(name, **site)
+    return kept
+
+
+def _reduce(
+    model_trace: Trace, guide_trace: Trace, keep_dims: frozenset[int], ndim: int, data_scale: float
+) -> tuple[Tensor, Tensor]:
+    log_p = log_density(model_trace, keep_dims, ndim, data_scale)
+    if log_p is None:
+        raise ValueError("The model has no pyro.sample statements: there is nothing to learn.")
+    log_q = log_density(guide_trace, keep_dims, ndim, data_scale)
+    if log_q is None:  # a guide without latents: q is the point mass of the empty set
+        log_q = torch.zeros_like(log_p)
+    return torch.broadcast_tensors(log_p, log_q)
+
+
+def importance_traces(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    plate_nesting: int,
+    vectorize: bool,
+) -> ImportanceTraces:
+    """Draw ``num_particles`` guide samples and score them under model and guide.
+
+    Vectorised, the particles are a plate at dim ``-(plate_nesting + 1)``; otherwise the
+    guide runs ``num_particles`` times, every run replaying the first run's plate
+    sub-sampling so that all particles see the same mini-batch.
+    """
+    if vectorize:
+        plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
+        model_trace, guide_trace = _run_guide_and_model(plate(model), plate(guide), args, kwargs)
+        runs = [(model_trace, guide_trace)]
+    else:
+        model_trace, guide_trace = _run_guide_and_model(model, guide, args, kwargs)
+        same_batch = _mini_batch(guide_trace, model_trace)
+        runs = [(model_trace, guide_trace)] + [
+            _run_guide_and_model(model, guide, args, kwargs, mini_batch=same_batch)
+            for _ in range(num_particles - 1)
+        ]
+    check_model_guide_match(model_trace, guide_trace)
+
+    plates = data_plates(model_trace, guide_trace)
+    data_scale = math.prod(
+        (frame.full_size or frame.size) / frame.size for frame in plates.values()
+    )
+    keep = frozenset(frame.dim for frame in plates.values())
+    if vectorize:
+        log_p, log_q = _reduce(
+            model_trace, guide_trace, keep | {-(plate_nesting + 1)}, plate_nesting + 1, data_scale
+        )
+    else:
+        pairs = [_reduce(m, g, keep, plate_nesting, data_scale) for m, g in runs]
+        log_p = torch.stack([p for p, _ in pairs])
+        log_q = torch.stack([q for _, q in pairs])
+    return ImportanceTraces(log_p, log_q, data_scale, model_trace, guide_trace)
