@@ -167,9 +167,9 @@ class Dreamer:
         plate_nesting: int,
         plate=None,
     ) -> tuple[Tensor, Trace]:
-        dreaming_model = poutine.uncondition(model)
+        dreaming_model, dreaming_guide = poutine.uncondition(model), guide
         if plate is not None:
-            dreaming_model, guide = plate(dreaming_model), plate(guide)
+            dreaming_model, dreaming_guide = plate(dreaming_model), plate(guide)
         with torch.no_grad(), DetachSamples():
             dream = poutine.trace(dreaming_model).get_trace(*args, **kwargs)
         dreamed = {
@@ -178,7 +178,7 @@ class Dreamer:
             if site["type"] == "sample" and site["infer"].get("was_observed", False)
         }
         guide_args, guide_kwargs = route_dreams(guide, dreamed, real, args, kwargs, self.dream_args)
-        guide_trace = poutine.trace(poutine.replay(guide, trace=dream)).get_trace(
+        guide_trace = poutine.trace(poutine.replay(dreaming_guide, trace=dream)).get_trace(
             *guide_args, **guide_kwargs
         )
         for site in dream.nodes.values():  # read the dream as a wake pass would see it

@@ -271,7 +271,19 @@ def importance_traces(
     """
     if vectorize:
         plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
-        model_trace, guide_trace = _run_guide_and_model(plate(model), plate(guide), args, kwargs)
+        try:
+            model_trace, guide_trace = _run_guide_and_model(
+                plate(model), plate(guide), args, kwargs
+            )
+        except ValueError as error:
+            if f"plate('{PARTICLE_PLATE}')" not in str(error):
+                raise
+            raise ValueError(
+                f"Particles are a plate at dim {-(plate_nesting + 1)}, just left of the "
+                f"max_plate_nesting={plate_nesting} plates of the model, and a site's plates "
+                "reach that dim. Give max_plate_nesting the number of nested plates in the "
+                "model (or leave it out to have it guessed)."
+            ) from error
         runs = [(model_trace, guide_trace)]
     else:
         model_trace, guide_trace = _run_guide_and_model(model, guide, args, kwargs)
