@@ -1,0 +1,264 @@
+"""ArviZ diagnostics of a trained Pyro guide as an importance sampler of the posterior.
+
+::
+
+    from pyro_wakesleep.diagnostics import importance_resample, to_inference_data
+
+    idata = to_inference_data(model, guide, x, num_samples=1000)  # params: the param store
+    idata.sample_stats["pareto_k"]          # PSIS k̂ per datapoint: < 0.7 is trustworthy
+    posterior = importance_resample(idata)  # unweighted draws for az.summary, az.plot_posterior
+
+The weights are those of the objectives (:mod:`pyro_wakesleep.traces`): one set per
+element of the data plate(s), joint where a global latent exists. Importing this
+module imports ArviZ; ``import pyro_wakesleep`` alone does not.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.runtime import Message
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from wakesleep.inference_data import build_inference_data, importance_resample
+
+from .traces import (
+    DREAM_PLATE,
+    PARTICLE_PLATE,
+    data_plates,
+    guess_plate_nesting,
+    importance_traces,
+    observed_values,
+    sample_sites,
+)
+
+__all__ = ["importance_resample", "to_inference_data"]
+
+#: The plates this package adds around model and guide; never data dimensions.
+_OWN_PLATES = frozenset({PARTICLE_PLATE, DREAM_PLATE})
+
+
+def _check_arguments(num_samples: Any, chunk_size: Any, max_plate_nesting: Any) -> None:
+    for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
+        if name == "chunk_size" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    if max_plate_nesting != math.inf and (
+        isinstance(max_plate_nesting, bool)
+        or not isinstance(max_plate_nesting, numbers.Integral)
+        or max_plate_nesting < 0
+    ):
+        raise ValueError(
+            "max_plate_nesting must be a non-negative integer (the model's own plates) or "
+            f"float('inf') to guess it, got {max_plate_nesting!r}."
+        )
+
+
+def _mini_batch(*traces: Trace) -> Trace:
+    """The plates' sub-sampling sites, to replay one mini-batch in every chunk of draws."""
+    kept = Trace()
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site_is_subsample(site) and name not in _OWN_PLATES and name not in kept:
+                kept.add_node(name, **site)
+    return kept
+
+
+def _to_numpy(value: torch.Tensor, site: Message) -> np.ndarray:
+    array = value.detach().cpu().numpy()
+    if site["fn"].support.is_discrete and not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.int64)  # Pyro stores Bernoulli draws as floats
+    return array
+
+
+def _latent_axes(
+    name: str, site: Message, plate_nesting: int, vectorized: bool
+) -> tuple[torch.Tensor, list[str]]:
+    """A guide site's value with a leading particle axis, its size-1 non-plate axes dropped.
+
+    Vectorised, the value's batch dimensions are the particles and the model's
+    ``plate_nesting`` plates; sequential, only the plates (left-padded when fewer) and a
+    particle axis of size 1 is added. Plate axes are named after their plate; other batch
+    axes of size > 1, then the event axes, are ``"{name}_dim_{i}"``.
+    """
+    value = site["value"]
+    event_ndim = len(site["fn"].event_shape)
+    shape = tuple(value.shape)
+    batch_shape, event_shape = shape[: len(shape) - event_ndim], shape[len(shape) - event_ndim :]
+    plate_ndim = plate_nesting + 1 if vectorized else plate_nesting
+    batch_shape = (1,) * (plate_ndim - len(batch_shape)) + batch_shape
+    if not vectorized:
+        batch_shape = (1,) + batch_shape
+    value = value.reshape(batch_shape + event_shape)
+    plates = {
+        frame.dim: frame.name
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.name not in _OWN_PLATES
+    }
+    names: list[str] = ["draw"]
+    index: list[int | slice] = [slice(None)]
+    extra = 0
+    for axis in range(1, len(batch_shape)):
+        dim = axis - len(batch_shape)  # the plate dim this axis stands for
+        if dim in plates:
+            names.append(plates[dim])
+        elif batch_shape[axis] == 1:
+            index.append(0)
+            continue
+        else:
+            names.append(f"{name}_dim_{extra}")
+            extra += 1
+        index.append(slice(None))
+    names += [f"{name}_dim_{extra + i}" for i in range(event_ndim)]
+    return value[tuple(index)], names
+
+
+def _observed_axes(name: str, site: Message, value: torch.Tensor) -> list[str]:
+    """Names of an observed value's axes: its plates where sizes agree, else defaults."""
+    event_ndim = len(site["fn"].event_shape)
+    batch_ndim = value.dim() - event_ndim
+    plates = {
+        frame.dim: frame
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.name not in _OWN_PLATES
+    }
+    names, extra = [], 0
+    for axis in range(value.dim()):
+        dim = axis - batch_ndim
+        frame = plates.get(dim) if axis < batch_ndim else None
+        if frame is not None and value.shape[axis] == frame.size:
+            names.append(frame.name)
+        else:
+            names.append(f"{name}_dim_{extra}")
+            extra += 1
+    return names
+
+
+def to_inference_data(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    vectorize: bool = True,
+    max_plate_nesting: float = math.inf,
+    chunk_size: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Importance-weighted guide draws as an ArviZ ``InferenceData``.
+
+    Draws ``num_samples`` particles from ``guide(*args, **kwargs)``, scores them under
+    ``model(*args, **kwargs)`` (parameters from Pyro's param store, no gradients) and
+    weights them by ``log p(x, z) − log q(z | x)``, per element of the data plate(s) — the
+    plates enclosing every sample site — exactly as the objectives do, or jointly when a
+    global latent exists (then, with a sub-sampled plate, the scaled log-densities enter the
+    weights, see :mod:`pyro_wakesleep.traces`).
+
+    Args:
+        model, guide: the Pyro programs given to the objective.
+        *args, **kwargs: their arguments (the data).
+        num_samples: number of draws ``S`` from the guide.
+        vectorize: draw the particles in one vectorised plate (``True``) or one guide run
+            at a time.
+        max_plate_nesting: the model's own nested plates; ``inf`` guesses it by running
+            model and guide once.
+        chunk_size: draw at most this many particles at a time (vectorised), so memory stays
+            bounded; every chunk replays the first one's plate sub-sampling.
+
+    Returns:
+        ``InferenceData`` (see :func:`wakesleep.inference_data.build_inference_data`):
+        ``posterior`` holds every latent site of the guide with dims ``(chain=1, draw=S,
+        *plates, *"{site}_dim_{i}")`` — plate dimensions are named after the plate, e.g.
+        ``"data"``, and carry the sub-sample indices as coordinates; discrete sites are
+        ``int64``. ``sample_stats`` holds ``log_weight`` ``(chain, draw, *data plates)``,
+        ``pareto_k`` and ``ess`` per datapoint; ``observed_data`` the observed sites.
+
+    Raises:
+        ImportError: when ArviZ is not installed (``pip install 'wakesleep[arviz]'``).
+        ValueError: on invalid arguments, a model/guide mismatch, or a datapoint whose
+            draws all have weight zero.
+    """
+    _check_arguments(num_samples, chunk_size, max_plate_nesting)
+    if max_plate_nesting == math.inf:
+        plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
+    else:
+        plate_nesting = int(max_plate_nesting)
+    step = 1 if not vectorize else (chunk_size or num_samples)
+    sizes = [min(step, num_samples - start) for start in range(0, num_samples, step)]
+
+    log_weights: list[np.ndarray] = []
+    latents: dict[str, list[np.ndarray]] = {}
+    dims: dict[str, list[str]] = {}
+    first: tuple[Trace, Trace] | None = None
+    weight_axes: list[int] = []
+    weight_dims: list[str] = []
+    run_model, run_guide = model, guide
+    with torch.no_grad():
+        for size in sizes:
+            wake = importance_traces(
+                run_model,
+                run_guide,
+                args,
+                kwargs,
+                num_particles=size,
+                plate_nesting=plate_nesting,
+                vectorize=vectorize,
+            )
+            if first is None:
+                first = (wake.model_trace, wake.guide_trace)
+                batch = _mini_batch(wake.guide_trace, wake.model_trace)
+                if len(batch.nodes):  # later chunks see the same mini-batch
+                    run_model = poutine.replay(model, trace=batch)
+                    run_guide = poutine.replay(guide, trace=batch)
+                frames = sorted(data_plates(*first).values(), key=lambda frame: frame.dim)
+                weight_axes = [frame.dim for frame in frames]
+                weight_dims = [frame.name for frame in frames]
+            # (size, *plate dims), of size 1 except for data plates: keep only the latter
+            index = (slice(None),) + tuple(
+                slice(None) if dim in weight_axes else 0 for dim in range(-plate_nesting, 0)
+            )
+            log_weights.append(wake.log_weights[index].cpu().numpy())
+            for name, site in sample_sites(wake.guide_trace):
+                if site["is_observed"]:
+                    continue
+                value, dims[name] = _latent_axes(name, site, plate_nesting, vectorize)
+                latents.setdefault(name, []).append(_to_numpy(value, site))
+
+    assert first is not None
+    first_model, first_guide = first
+    posterior = {name: np.concatenate(chunks, axis=0) for name, chunks in latents.items()}
+    observed = {}
+    coords: dict[str, np.ndarray] = {}
+    for name, value in observed_values(first_model).items():
+        observed[name] = value.detach().cpu().numpy()
+        dims[name] = _observed_axes(name, first_model.nodes[name], value)
+    for trace in (first_guide, first_model):
+        for _, site in sample_sites(trace):
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized and frame.name not in _OWN_PLATES:
+                    coords.setdefault(frame.name, _plate_coords(trace, frame))
+    return build_inference_data(
+        posterior,
+        np.concatenate(log_weights, axis=0),
+        observed,
+        dims,
+        weight_dims,
+        coords,
+        attrs={"inference_library": "pyro", "inference_library_version": pyro.__version__},
+    )
+
+
+def _plate_coords(trace: Trace, frame: Any) -> np.ndarray:
+    """Coordinates of a plate dimension: its sub-sample indices, else ``0..size-1``."""
+    site = trace.nodes.get(frame.name)
+    if site is not None and site_is_subsample(site):
+        return site["value"].detach().cpu().numpy()
+    return np.arange(frame.size)
