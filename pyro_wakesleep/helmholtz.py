@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
@@ -68,7 +70,9 @@ class HelmholtzMachine(nn.Module):
 
     def model(self, x: Tensor, num_data: int | None = None) -> None:
         """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
-        generative = pyro.module(f"{self.name}_generative", self.generative)
+        generative = pyro.module(
+            f"{self.name}_generative", self.generative, update_module_params=True
+        )
         depth = len(self.hidden)
         with self._plate(x, num_data):
             top = dist.Bernoulli(logits=generative.top_logits).to_event(1)
@@ -82,8 +86,34 @@ class HelmholtzMachine(nn.Module):
 
     def guide(self, x: Tensor, num_data: int | None = None) -> None:
         """``q(h | x)``, bottom-up."""
-        recognition = pyro.module(f"{self.name}_recognition", self.recognition)
+        recognition = pyro.module(
+            f"{self.name}_recognition", self.recognition, update_module_params=True
+        )
         with self._plate(x, num_data):
             h = x
             for layer, net in enumerate(recognition, start=1):
                 h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=net(h)).to_event(1))
+
+    def generative_weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.
+
+        ``layers[i]`` maps ``h_{i+1}`` to the logits of ``h_i`` (``h_0 = x``), weights in
+        ``nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.exact`.
+        """
+        generative = pyro.module(
+            f"{self.name}_generative", self.generative, update_module_params=True
+        )
+
+        def as_numpy(t: Tensor) -> np.ndarray:
+            return t.detach().cpu().double().numpy()
+
+        layers = [(as_numpy(lin.weight), as_numpy(lin.bias)) for lin in generative.layers]
+        return as_numpy(generative.top_logits), layers
+
+    def sample(self, num_samples: int) -> Tensor:
+        """``num_samples`` images ``x ~ p_θ(x)`` drawn by running the model with ``x`` released."""
+        device = self.generative.top_logits.device
+        blank = torch.zeros(num_samples, self.num_visible, device=device)
+        with torch.no_grad():
+            trace = poutine.trace(poutine.uncondition(self.model)).get_trace(blank)
+        return trace.nodes["x"]["value"].to(torch.uint8)

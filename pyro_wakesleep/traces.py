@@ -26,6 +26,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from pyro.poutine.trace_struct import Trace
@@ -81,8 +82,13 @@ def sample_sites(trace: Trace) -> Iterable[tuple[str, Message]]:
 
 
 def guess_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """Number of nested vectorised plates in model and guide, found by running them once."""
-    with poutine.block(), torch.no_grad():
+    """Number of nested vectorised plates in model and guide, found by running them once.
+
+    The run leaves the random-number generators as it found them, so that guessing does
+    not shift the user's random stream (a resumed run draws what an uninterrupted one does).
+    """
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
@@ -97,7 +103,7 @@ def guess_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: d
     return -min(dims) if dims else 0
 
 
-def data_plates(*traces: Trace) -> dict[str, pyro.poutine.indep_messenger.CondIndepStackFrame]:
+def data_plates(*traces: Trace) -> dict[str, CondIndepStackFrame]:
     """The vectorised plates that enclose every sample site of the given traces, by name."""
     common: dict | None = None
     for trace in traces:
@@ -207,12 +213,19 @@ class ImportanceTraces:
     log_p: Tensor
     log_q: Tensor
     data_scale: float
+    data_plates: dict[str, CondIndepStackFrame]
     model_trace: Trace
     guide_trace: Trace
 
     @property
     def log_weights(self) -> Tensor:
         return self.log_p - self.log_q
+
+    def per_datapoint(self, value: Tensor) -> Tensor:
+        """``value`` (one entry per element of the plate dims) with only the data plates' dims kept,
+        outermost first; a 0-d tensor when the weights are joint."""
+        dims = sorted(frame.dim for frame in self.data_plates.values())
+        return value.reshape([value.shape[d] for d in dims])
 
 
 def _run_guide_and_model(
@@ -307,4 +320,4 @@ def importance_traces(
         pairs = [_reduce(m, g, keep, plate_nesting, data_scale) for m, g in runs]
         log_p = torch.stack([p for p, _ in pairs])
         log_q = torch.stack([q for _, q in pairs])
-    return ImportanceTraces(log_p, log_q, data_scale, model_trace, guide_trace)
+    return ImportanceTraces(log_p, log_q, data_scale, plates, model_trace, guide_trace)

@@ -1,0 +1,185 @@
+"""``python -m pyro_wakesleep train``: train a Helmholtz machine and write its report.
+
+Flags and outputs are those of DESIGN.md §3, shared with ``numpyro_wakesleep``
+through :mod:`wakesleep.cli` and :mod:`wakesleep.outputs`. A checkpoint
+(``checkpoint.pt``) holds parameters, optimiser state, every random-number
+generator and the curve, so ``--resume`` ends where an uninterrupted run with
+the same seed ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI
+from pyro.optim import Adam
+from tqdm.auto import tqdm
+
+from wakesleep import cli, outputs
+from wakesleep.datasets import BinaryDataset, load_dataset
+from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
+
+from .evaluation import importance_log_likelihood
+from .helmholtz import HelmholtzMachine
+from .losses import ReweightedWakeSleep, WakeSleep
+
+__all__ = ["main", "train"]
+
+BACKEND = "pyro_wakesleep"
+CHECKPOINT = "checkpoint.pt"
+#: The run's settings that a resumed run must share with the checkpoint.
+_RUN_KEYS = ("dataset", "algorithm", "layers", "particles", "batch_size", "lr", "seed")
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "error: --device cuda was asked for, but PyTorch sees no CUDA device here. "
+            "Use --device cpu, or install a CUDA build of torch on a machine with a GPU."
+        )
+    return torch.device(name)
+
+
+def _objective(args: argparse.Namespace):
+    if args.algorithm == "rws":
+        return ReweightedWakeSleep(num_particles=args.particles, insomnia=1.0)
+    return WakeSleep(num_particles=args.particles)
+
+
+def _checkpoint_state(step: int, seconds: float, curve: list[float], batches, svi: SVI, args):
+    return {
+        "step": step,
+        "seconds": seconds,
+        "curve": curve,
+        "run": {key: getattr(args, key) for key in _RUN_KEYS},
+        "params": pyro.get_param_store().get_state(),
+        "optim": svi.optim.get_state(),
+        "rng": pyro.util.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "batches": batches.get_state(),
+    }
+
+
+def _save_checkpoint(out: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    outputs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
+
+
+def _load_checkpoint(out: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    path = out / CHECKPOINT
+    if not path.exists():
+        raise SystemExit(f"error: --resume: there is no {CHECKPOINT} in {out} to resume from.")
+    # Random-number generator states must stay on the host; parameters move to the device.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["params"]["params"] = {k: v.to(device) for k, v in state["params"]["params"].items()}
+    run = {key: getattr(args, key) for key in _RUN_KEYS}
+    differing = {k: (state["run"][k], run[k]) for k in _RUN_KEYS if state["run"][k] != run[k]}
+    if differing:
+        details = ", ".join(
+            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differing.items()
+        )
+        raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
+    return state
+
+
+def _nll(machine: HelmholtzMachine, images: torch.Tensor, exact: bool) -> float:
+    """Mean negative log-likelihood per image, nats."""
+    if exact:
+        top, layers = machine.generative_weights()
+        return float(-helmholtz_log_marginal(images.cpu().numpy(), top, layers).mean())
+    total = 0.0
+    for start in range(0, len(images), 100):
+        batch = images[start : start + 100]
+        log_px = importance_log_likelihood(
+            machine.model, machine.guide, batch, num_particles=5000, chunk_size=250
+        )
+        total += float(log_px.sum())
+    return -total / len(images)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the job described by parsed, default-resolved ``args``; return the metrics."""
+    device = _device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CHECKPOINT).exists() and not args.resume:
+        raise SystemExit(
+            f"error: {out} already holds a {CHECKPOINT}; pass --resume to continue it, or "
+            "choose another --out so that it is not overwritten."
+        )
+    data: BinaryDataset = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
+    train_x = torch.as_tensor(data.train, dtype=torch.float32, device=device)
+    test_x = torch.as_tensor(data.test, dtype=torch.float32, device=device)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    machine = HelmholtzMachine(train_x.shape[-1], args.layers).to(device)
+    loss = _objective(args)
+    svi = SVI(machine.model, machine.guide, Adam({"lr": args.lr}), loss)
+    batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
+    start_step, seconds, curve = 0, 0.0, []
+    if args.resume:
+        state = _load_checkpoint(out, args, device)
+        pyro.get_param_store().set_state(state["params"])
+        svi.optim.set_state(state["optim"])
+        pyro.util.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        batches.set_state(state["batches"])
+        start_step, seconds, curve = state["step"], state["seconds"], state["curve"]
+
+    num_data = len(train_x)
+    checkpoint_every = max(100, args.steps // 10)
+    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+                    desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step")  # fmt: skip
+    began = time.perf_counter()
+    for step in progress:
+        index = torch.randint(num_data, (args.batch_size,), generator=batches)
+        value = svi.step(train_x[index.to(device)], num_data=num_data) / num_data
+        curve.append(value)
+        if (step + 1) % 50 == 0:
+            progress.set_postfix(loss=f"{np.mean(curve[-50:]):.3f}")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == args.steps:
+            elapsed = seconds + time.perf_counter() - began
+            _save_checkpoint(out, _checkpoint_state(step + 1, elapsed, curve, batches, svi, args))
+    seconds += time.perf_counter() - began
+
+    exact = helmholtz_enumerable(args.layers)
+    metrics = {
+        "backend": BACKEND,
+        "dataset": args.dataset,
+        "algorithm": args.algorithm,
+        "layers": list(args.layers),
+        "particles": args.particles,
+        "steps": args.steps,
+        "seconds": round(seconds, 3),
+        "train_nll_nats": _nll(machine, train_x, exact),
+        "test_nll_nats": _nll(machine, test_x, exact),
+        "nll_method": "exact" if exact else "importance-5000",
+    }
+    if args.dataset == "bars":
+        metrics["kl_bits"] = float(bars_kl_bits(*machine.generative_weights()))
+    outputs.write_metrics(out, metrics)
+    outputs.save_samples(out, machine.sample(args.num_samples).cpu().numpy(), data.image_shape)
+    outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = cli.resolve_defaults(cli.parse_train_args(BACKEND, argv))
+    metrics = train(args)
+    summary = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
+        for k, v in metrics.items()
+    )
+    print(summary)
+    return metrics
