@@ -13,14 +13,46 @@ grow with ``K``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from .traces import guess_plate_nesting, importance_traces
 
-__all__ = ["importance_log_likelihood"]
+__all__ = ["importance_log_likelihood", "importance_log_weights"]
+
+
+def _log_weight_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    chunk_size: int,
+    max_plate_nesting: float,
+) -> Iterator[Tensor]:
+    """Per-datapoint log-weights ``(chunk, *datapoints)``, ``chunk_size`` particles at a time."""
+    if num_particles < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
+        )
+    if max_plate_nesting == math.inf:
+        plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
+    else:
+        plate_nesting = int(max_plate_nesting)
+    for start in range(0, num_particles, chunk_size):
+        wake = importance_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=min(chunk_size, num_particles - start),
+            plate_nesting=plate_nesting,
+            vectorize=True,
+        )
+        log_weights = wake.log_weights
+        yield log_weights.reshape((len(log_weights), *wake.per_datapoint(log_weights[0]).shape))
 
 
 def importance_log_likelihood(
@@ -40,26 +72,31 @@ def importance_log_likelihood(
     :param num_particles: ``K``, guide samples per datapoint.
     :param chunk_size: particles drawn at once; bounds the memory used.
     """
-    if num_particles < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
-        )
+    total = None
     with torch.no_grad():
-        if max_plate_nesting == math.inf:
-            plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
-        else:
-            plate_nesting = int(max_plate_nesting)
-        total, wake = None, None
-        for start in range(0, num_particles, chunk_size):
-            wake = importance_traces(
-                model,
-                guide,
-                args,
-                kwargs,
-                num_particles=min(chunk_size, num_particles - start),
-                plate_nesting=plate_nesting,
-                vectorize=True,
-            )
-            chunk = torch.logsumexp(wake.log_weights, dim=0)
+        for chunk in _log_weight_chunks(
+            model, guide, args, kwargs, num_particles, chunk_size, max_plate_nesting
+        ):
+            chunk = torch.logsumexp(chunk, dim=0)
             total = chunk if total is None else torch.logaddexp(total, chunk)
-        return wake.per_datapoint(total - math.log(num_particles))
+    return total - math.log(num_particles)
+
+
+def importance_log_weights(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_particles: int = 1000,
+    chunk_size: int = 500,
+    max_plate_nesting: float = math.inf,
+    **kwargs,
+) -> Tensor:
+    """``log p(x, z_k) − log q(z_k | x)`` for ``z_k ~ q``: shape ``(num_particles, *datapoints)``."""
+    with torch.no_grad():
+        return torch.cat(
+            list(
+                _log_weight_chunks(
+                    model, guide, args, kwargs, num_particles, chunk_size, max_plate_nesting
+                )
+            )
+        )

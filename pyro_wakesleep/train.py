@@ -27,7 +27,7 @@ from wakesleep import cli, outputs
 from wakesleep.datasets import BinaryDataset, load_dataset
 from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 
-from .evaluation import importance_log_likelihood
+from .evaluation import importance_log_likelihood, importance_log_weights
 from .helmholtz import HelmholtzMachine
 from .losses import ReweightedWakeSleep, WakeSleep
 
@@ -106,6 +106,25 @@ def _nll(machine: HelmholtzMachine, images: torch.Tensor, exact: bool) -> float:
     return -total / len(images)
 
 
+#: The guide's k̂ diagnostics use this many draws on at most this many test images.
+DIAGNOSTIC_SAMPLES, DIAGNOSTIC_IMAGES = 1000, 500
+
+
+def _diagnostics(machine: HelmholtzMachine, images: torch.Tensor, out: Path) -> None:
+    """``diagnostics.json`` and ``khat.png``: PSIS k̂ of the guide on test images."""
+    try:
+        from wakesleep.inference_data import psis_log_weights
+    except ImportError as error:  # ArviZ is an optional extra
+        print(f"diagnostics skipped: {error}")
+        return
+    log_weights = importance_log_weights(
+        machine.model, machine.guide, images[:DIAGNOSTIC_IMAGES],
+        num_particles=DIAGNOSTIC_SAMPLES, chunk_size=250,
+    )  # fmt: skip
+    _, pareto_k = psis_log_weights(log_weights.double().cpu().numpy())
+    outputs.save_diagnostics(out, pareto_k, DIAGNOSTIC_SAMPLES)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run the job described by parsed, default-resolved ``args``; return the metrics."""
     device = _device(args.device)
@@ -171,6 +190,7 @@ def train(args: argparse.Namespace) -> dict:
     outputs.write_metrics(out, metrics)
     outputs.save_samples(out, machine.sample(args.num_samples).cpu().numpy(), data.image_shape)
     outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
+    _diagnostics(machine, test_x, out)
     return metrics
 
 

@@ -24,7 +24,8 @@ def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -
 @pytest.mark.parametrize("algorithm", ["rws", "ws"])
 def test_writes_every_output(tmp_path, algorithm):
     metrics = run(tmp_path, algorithm=algorithm)
-    for name in ("metrics.json", "samples.npy", "samples.png", "curve.png", CHECKPOINT):
+    outputs = ("metrics.json", "samples.npy", "samples.png", "curve.png", CHECKPOINT)
+    for name in (*outputs, "diagnostics.json", "khat.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["backend"] == "pyro_wakesleep" and on_disk["algorithm"] == algorithm
@@ -33,6 +34,9 @@ def test_writes_every_output(tmp_path, algorithm):
     # an untrained bars machine is far from the 3.43-bit source: KL is large but finite
     assert 0.0 < on_disk["kl_bits"] < 64 and on_disk["train_nll_nats"] > 0
     assert on_disk == json.loads(json.dumps(metrics))
+    diagnostics = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert diagnostics["num_datapoints"] == 500 and diagnostics["num_samples"] == 1000
+    assert 0.0 <= diagnostics["fraction_khat_above_0.7"] <= diagnostics["fraction_khat_above_0.5"]
     samples = np.load(tmp_path / "samples.npy")
     assert samples.dtype == np.uint8 and samples.shape == (40, 16)
     assert set(np.unique(samples)) <= {0, 1}

@@ -31,6 +31,7 @@ __all__ = [
     "NLL_METHODS",
     "atomic_write_bytes",
     "save_curve",
+    "save_diagnostics",
     "save_samples",
     "write_json",
     "write_metrics",
@@ -284,3 +285,48 @@ def save_curve(
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return _save_figure(figure, Path(out_dir) / "curve.png")
+
+
+#: k̂ above this: the guide is not a trustworthy proposal for that datapoint (PSIS).
+KHAT_UNRELIABLE = 0.7
+#: k̂ below this: importance weights of finite variance.
+KHAT_GOOD = 0.5
+
+
+def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) -> dict[str, Any]:
+    """Write ``diagnostics.json`` and ``khat.png``: how far to trust the learned guide.
+
+    ``pareto_k`` holds one PSIS ``k̂`` per test datapoint (Vehtari et al., *Pareto smoothed
+    importance sampling*), computed from ``num_samples`` guide draws. The JSON holds the
+    quantiles of ``k̂`` over datapoints and the fractions above 0.5 and 0.7; ``khat.png``
+    plots every ``k̂`` (sorted) against those thresholds. ``k̂ = inf`` (too few distinct tail
+    draws for a fit) counts as above both thresholds.
+
+    :returns: the dictionary written to ``diagnostics.json``.
+    """
+    k = np.asarray(pareto_k, dtype=np.float64).reshape(-1)
+    if k.size == 0 or np.isnan(k).any():
+        raise ValueError("pareto_k must hold one k-hat per datapoint, none of them NaN.")
+    levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+    summary = {
+        "num_datapoints": int(k.size),
+        "num_samples": int(num_samples),
+        "khat_quantiles": {f"{q:g}": float(np.quantile(k, q)) for q in levels},
+        "fraction_khat_above_0.5": float(np.mean(k > KHAT_GOOD)),
+        "fraction_khat_above_0.7": float(np.mean(k > KHAT_UNRELIABLE)),
+    }
+    write_json(Path(out_dir) / "diagnostics.json", summary)
+
+    figure = _agg_figure(6.4, 4.0)
+    axes = figure.add_subplot()
+    shown = np.sort(np.where(np.isfinite(k), k, np.nan))
+    axes.plot(np.arange(1, k.size + 1), shown, ".", markersize=3, color="tab:blue")
+    for level, color in ((KHAT_GOOD, "tab:orange"), (KHAT_UNRELIABLE, "tab:red")):
+        axes.axhline(level, color=color, linestyle="--", linewidth=1, label=f"k̂ = {level}")
+    axes.set_xlabel("test datapoint (sorted by k̂)")
+    axes.set_ylabel("PSIS k̂ of the guide's weights")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    _save_figure(figure, Path(out_dir) / "khat.png")
+    return summary
