@@ -19,6 +19,7 @@ def test_fractions_and_quantiles_follow_the_khats(tmp_path):
     assert summary["fraction_khat_above_0.5"] == pytest.approx(4 / 8)
     assert summary["fraction_khat_above_0.7"] == pytest.approx(2 / 8)
     assert summary["khat_quantiles"]["0.5"] == pytest.approx(np.quantile(k, 0.5))
+    assert summary["khat_quantiles"]["0.95"] is None  # falls on the infinite k-hat
     assert (tmp_path / "khat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

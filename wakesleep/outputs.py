@@ -311,7 +311,11 @@ def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) 
     summary = {
         "num_datapoints": int(k.size),
         "num_samples": int(num_samples),
-        "khat_quantiles": {f"{q:g}": float(np.quantile(k, q)) for q in levels},
+        # JSON has no infinity: a quantile that falls on k̂ = inf is written as null
+        "khat_quantiles": {
+            f"{q:g}": (float(v) if np.isfinite(v) else None)
+            for q, v in zip(levels, np.quantile(k, levels), strict=True)
+        },
         "fraction_khat_above_0.5": float(np.mean(k > KHAT_GOOD)),
         "fraction_khat_above_0.7": float(np.mean(k > KHAT_UNRELIABLE)),
     }
