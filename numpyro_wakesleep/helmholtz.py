@@ -1,0 +1,100 @@
+"""Helmholtz machines: layered sigmoid belief nets with a recognition network.
+
+Generative (top-down)::
+
+    h_L ~ Bernoulli(sigmoid(b_L))
+    h_l | h_{l+1} ~ Bernoulli(sigmoid(W_l h_{l+1} + b_l))      l = L-1 .. 1
+    x | h_1 ~ Bernoulli(sigmoid(W_0 h_1 + b_0))
+
+Recognition (bottom-up)::
+
+    h_1 | x ~ Bernoulli(sigmoid(V_1 x + c_1)),  h_l | h_{l-1} ~ Bernoulli(sigmoid(V_l h_{l-1} + c_l))
+
+``model`` and ``guide`` are ordinary NumPyro programs over a ``(batch, D)`` array
+``x``; any objective of this package trains them. Batch dimensions are read
+from the right. Parameters are ``numpyro.param`` sites, initialised like
+``torch.nn.Linear`` (uniform in ``±1/sqrt(fan_in)``) and the top logits at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax import Array, random
+
+__all__ = ["HelmholtzMachine"]
+
+
+def _uniform_init(shape: tuple[int, ...], fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key: random.uniform(key, shape, minval=-bound, maxval=bound)
+
+
+def _linear(prefix: str, fan_in: int, fan_out: int, h: Array) -> Array:
+    """``h @ W.T + b`` with ``W`` of shape ``(fan_out, fan_in)``, as ``torch.nn.Linear``."""
+    weight = numpyro.param(f"{prefix}.weight", _uniform_init((fan_out, fan_in), fan_in))
+    bias = numpyro.param(f"{prefix}.bias", _uniform_init((fan_out,), fan_in))
+    return h @ weight.T + bias
+
+
+class HelmholtzMachine:
+    """A sigmoid belief net ``p(x, h_1..h_L)`` with a bottom-up recognition net ``q(h|x)``.
+
+    :param num_visible: ``D``, the number of binary visible units.
+    :param hidden: sizes of the hidden layers from the bottom (nearest ``x``) to the top,
+        e.g. ``(8, 1)`` for the bars network of Hinton et al. (1995): 16-8-1.
+    :param name: prefix of the parameter names. Model and guide use disjoint names
+        (``{name}_generative.*`` and ``{name}_recognition.*``), so that each phase of an
+        alternating schedule touches only its own parameters.
+    """
+
+    def __init__(self, num_visible: int, hidden: Sequence[int], name: str = "helmholtz") -> None:
+        if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
+                f"size >= 1, got num_visible={num_visible}, hidden={tuple(hidden)}."
+            )
+        self.num_visible = num_visible
+        self.hidden = tuple(int(h) for h in hidden)
+        self.name = name
+        self._sizes = (num_visible, *self.hidden)
+
+    def _plate(self, x: Array, num_data: int | None) -> numpyro.plate:
+        """The data plate over ``x.shape[-2]``; of size ``num_data`` (scaled by ``N/B``) when given.
+
+        With ``num_data`` the caller has already drawn the mini-batch ``x``; the plate's own
+        sub-sampling indices only set the ``num_data / batch`` scale.
+        """
+        batch = x.shape[-2]
+        if num_data is None:
+            return numpyro.plate("data", batch, dim=-1)
+        return numpyro.plate("data", num_data, subsample_size=batch, dim=-1)
+
+    def model(self, x: Array, num_data: int | None = None) -> None:
+        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
+        prefix = f"{self.name}_generative"
+        sizes, depth = self._sizes, len(self.hidden)
+        top_logits = numpyro.param(f"{prefix}.top_logits", jnp.zeros(sizes[-1]))
+        with self._plate(x, num_data):
+            h = numpyro.sample(f"h{depth}", dist.Bernoulli(logits=top_logits).to_event(1))
+            # layers.{i} maps layer i+1 to layer i (0 = visible)
+            for layer in range(depth - 1, -1, -1):
+                logits = _linear(f"{prefix}.layers.{layer}", sizes[layer + 1], sizes[layer], h)
+                if layer == 0:
+                    numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                else:
+                    h = numpyro.sample(f"h{layer}", dist.Bernoulli(logits=logits).to_event(1))
+
+    def guide(self, x: Array, num_data: int | None = None) -> None:
+        """``q(h | x)``, bottom-up."""
+        prefix = f"{self.name}_recognition"
+        sizes = self._sizes
+        with self._plate(x, num_data):
+            h = x
+            for layer in range(1, len(sizes)):
+                logits = _linear(f"{prefix}.{layer - 1}", sizes[layer - 1], sizes[layer], h)
+                h = numpyro.sample(f"h{layer}", dist.Bernoulli(logits=logits).to_event(1))

@@ -1,0 +1,450 @@
+"""Wake-sleep objectives as NumPyro ELBO losses for :class:`numpyro.infer.SVI`.
+
+The maths is in :mod:`numpyro_wakesleep.objectives`, tracing in
+:mod:`numpyro_wakesleep.traces`, dreaming in :mod:`numpyro_wakesleep.dreams`; the
+classes here pick the terms of a step and return one scalar whose *value* is the
+reported value and whose *gradient* is the update, for SVI to differentiate.
+
+Under ``jit`` (``SVI.update``, ``SVI.run``) nothing can be logged from inside the
+step. The separate terms of an evaluation are returned by the pure method
+:meth:`~ReweightedWakeSleep.terms`, which can itself be jitted::
+
+    terms = jax.jit(lambda key, params, x: loss.terms(key, params, model, guide, x))
+    terms(key, svi.get_params(state), x)   # {"loss": ..., "wake_theta": ..., "ess": ...}
+
+and :attr:`~ReweightedWakeSleep.last_terms` holds those of the last evaluation made
+outside any JAX transformation.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax import Array, random
+from numpyro.infer.elbo import ELBO
+
+from . import objectives
+from .dreams import DreamArgs, Dreamer
+from .traces import ImportanceTraces, importance_traces
+
+__all__ = ["NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+
+Phase = Literal["both", "model", "guide"]
+_PHASES = ("both", "model", "guide")
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """A wake-sleep evaluation met a non-finite term."""
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def _check_arguments(
+    num_particles, insomnia, num_sleep_particles, vectorize_particles, max_plate_nesting,
+    alternate, dream_args,
+) -> None:  # fmt: skip
+    _check_count("num_particles", num_particles)
+    if num_sleep_particles is not None:
+        _check_count("num_sleep_particles", num_sleep_particles)
+    if not isinstance(insomnia, numbers.Real) or not 0.0 <= insomnia <= 1.0:
+        raise ValueError(
+            f"insomnia must be a number in [0, 1] (1: wake-phi only, 0: sleep-phi only), "
+            f"got {insomnia!r}."
+        )
+    if not isinstance(vectorize_particles, bool):
+        raise ValueError(f"vectorize_particles must be True or False, got {vectorize_particles!r}.")
+    if max_plate_nesting != math.inf and (
+        isinstance(max_plate_nesting, bool)
+        or not isinstance(max_plate_nesting, numbers.Integral)
+        or max_plate_nesting < 0
+    ):
+        raise ValueError(
+            "max_plate_nesting must be a non-negative integer (the model's own plates, not "
+            f"counting particles) or float('inf') to guess it, got {max_plate_nesting!r}."
+        )
+    if not (alternate is False or alternate is True or alternate in ("model_first", "guide_first")):
+        raise ValueError(
+            "alternate must be False (update model and guide together), True or 'model_first' "
+            f"(model, then guide, ...), or 'guide_first', got {alternate!r}."
+        )
+    if dream_args is not None and not callable(dream_args):
+        raise ValueError(
+            "dream_args must be None or a callable (observations, args, kwargs) -> (args, kwargs), "
+            f"got {dream_args!r}."
+        )
+
+
+def _is_traced(tree: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+class _WakeSleepELBO(ELBO):
+    """Shared machinery of :class:`ReweightedWakeSleep` and :class:`WakeSleep`.
+
+    Subclasses say which bound is reported and which wake-θ estimator is used.
+    """
+
+    #: Wake-sleep never differentiates through a sample, so discrete latents are fine
+    #: (this also silences SVI's warning about them).
+    can_infer_discrete = True
+
+    def __init__(
+        self,
+        num_particles: int,
+        insomnia: float,
+        num_sleep_particles: int | None,
+        vectorize_particles: bool,
+        max_plate_nesting: float,
+        alternate: bool | str,
+        dream_args: DreamArgs | None,
+    ) -> None:
+        _check_arguments(
+            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        self.insomnia = float(insomnia)
+        self.num_sleep_particles = (
+            num_particles if num_sleep_particles is None else num_sleep_particles
+        )
+        self.max_plate_nesting = max_plate_nesting
+        self.alternate = alternate
+        self.dream_args = dream_args
+        self._dreamer = Dreamer(self.num_sleep_particles, vectorize_particles, dream_args)
+        self._warned_alternate = False
+        self._last: dict[str, Array] = {}
+
+    # -- what subclasses choose ------------------------------------------------------------
+    def _bound(self, log_weights: Array) -> Array:
+        raise NotImplementedError
+
+    def _wake_theta_loss(self, log_p: Array, log_q: Array) -> Array:
+        raise NotImplementedError
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def first_phase(self) -> Phase:
+        """What an alternating schedule updates first: ``"model"`` or ``"guide"`` (``"both"``
+        when ``alternate`` is false). :class:`~numpyro_wakesleep.AlternatingSVI` reads it."""
+        if self.alternate is False:
+            return "both"
+        return "guide" if self.alternate == "guide_first" else "model"
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """The terms of the last evaluation made outside ``jit``/``grad``, in nats, for logging.
+
+        ``loss`` is the reported value; ``wake_theta``, ``wake_phi`` and ``sleep_phi`` are the
+        surrogate terms that were computed (unweighted by ``insomnia``); ``ess`` is the mean
+        over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``.
+        Evaluations inside a JAX transformation (``SVI.update`` is jitted) leave it
+        unchanged: call :meth:`terms` (jit-able) for those.
+        """
+        return {name: float(value) for name, value in self._last.items()}
+
+    def loss(
+        self,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Array:
+        """The scalar :class:`numpyro.infer.SVI` differentiates.
+
+        Its value is the reported value (the negative bound, nats; what ``SVI.update`` and
+        ``SVI.run`` return) and its gradient is the full update of model and guide. Unlike
+        Pyro's ``loss``, it includes the sleep phase: in NumPyro the loss *is* what is
+        differentiated. ``loss_for_phase("model", ...)["loss"]`` has the same value and
+        draws no dreams: the cheaper way to evaluate the bound.
+        """
+        return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)[
+            "loss"
+        ]
+
+    def loss_with_mutable_state(
+        self,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """``{"loss": scalar, "mutable_state": ...}`` for :class:`numpyro.infer.SVI`.
+
+        The scalar's value is the reported value (negative bound, nats) and its gradient the
+        full update of model and guide: both sides, whatever ``alternate`` says (SVI keeps no
+        phase; :class:`~numpyro_wakesleep.AlternatingSVI` alternates). ``mutable_state`` is
+        that of the step's probe pass, ``None`` without ``numpyro.mutable`` sites.
+        """
+        if self.alternate is not False and not self._warned_alternate:
+            self._warned_alternate = True
+            warnings.warn(
+                f"alternate={self.alternate!r} has no effect here: numpyro.infer.SVI keeps no "
+                "phase between steps, so every step updates model and guide together. Train "
+                "with numpyro_wakesleep.AlternatingSVI to alternate model and guide steps.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self.loss_for_phase("both", rng_key, param_map, model, guide, *args, **kwargs)
+
+    def loss_for_phase(
+        self,
+        phase: Phase,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Like :meth:`loss_with_mutable_state`, with the gradient of one phase only.
+
+        ``phase="model"`` carries the wake-θ gradient, ``"guide"`` the guide terms
+        (``insomnia·wake-φ + (1 − insomnia)·sleep-φ``; no dreams are drawn in a model
+        phase), ``"both"`` all of them. The value is the same in every phase.
+        """
+        if phase not in _PHASES:
+            raise ValueError(f"phase must be one of {_PHASES}, got {phase!r}.")
+        loss, wake, _ = self._evaluate(rng_key, param_map, model, guide, args, kwargs, phase)
+        mutable = {
+            name: site["value"]
+            for tr in (wake.model_trace, wake.guide_trace)
+            for name, site in tr.items()
+            if site["type"] == "mutable"
+        }
+        return {"loss": loss, "mutable_state": mutable or None}
+
+    def terms(
+        self,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Array]:
+        """The separate terms of one evaluation (a pure function: jit it to log under ``jit``).
+
+        Keys: ``loss`` (the reported value), ``wake_theta``, ``wake_phi`` when
+        ``insomnia > 0``, ``sleep_phi`` when ``insomnia < 1`` (surrogate values, nats, each a
+        scaled sum over datapoints, unweighted by ``insomnia``) and ``ess``, the mean over
+        datapoints of the effective sample size ``1 / Σ_k w̄_k²``.
+        """
+        _, wake, terms = self._evaluate(rng_key, param_map, model, guide, args, kwargs, "both")
+        return {**jax.lax.stop_gradient(terms), "ess": _ess(wake.log_weights)}
+
+    # -- the step -------------------------------------------------------------------------
+    def _wake(
+        self, rng_key: Array, param_map: dict, model: Callable, guide: Callable, args, kwargs
+    ) -> ImportanceTraces:
+        return importance_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            rng_key=rng_key,
+            params=param_map,
+            num_particles=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            vectorize=self.vectorize_particles,
+        )
+
+    def _value(self, wake: ImportanceTraces) -> Array:
+        return -_scaled_sum(self._bound(wake.log_weights), wake.data_scale)
+
+    def _evaluate(
+        self,
+        rng_key: Array,
+        param_map: dict,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        phase: Phase,
+    ) -> tuple[Array, ImportanceTraces, dict[str, Array]]:
+        wake_key, dream_key = random.split(rng_key)
+        wake = self._wake(wake_key, param_map, model, guide, args, kwargs)
+        terms: dict[str, Array] = {}
+        weighted: list[Array] = []
+        if phase != "guide":
+            terms["wake_theta"] = _scaled_sum(
+                self._wake_theta_loss(wake.log_p, wake.log_q), wake.data_scale
+            )
+            weighted.append(terms["wake_theta"])
+        if phase != "model":
+            if self.insomnia > 0.0:
+                terms["wake_phi"] = _scaled_sum(
+                    objectives.wake_phi_loss(wake.log_weights, wake.log_q), wake.data_scale
+                )
+                weighted.append(self.insomnia * terms["wake_phi"])
+            if self.insomnia < 1.0:
+                log_q_dreams = self._dreamer.log_q(
+                    model,
+                    guide,
+                    args,
+                    kwargs,
+                    rng_key=dream_key,
+                    fixed=wake.fixed,
+                    plate_nesting=wake.plate_nesting,
+                    wake_model_trace=wake.model_trace,
+                    wake_guide_trace=wake.guide_trace,
+                )
+                terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
+                weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
+        value = self._value(wake)
+        terms = {"loss": value, **terms}
+        loss = objectives.surrogate(value, *weighted)
+        if not _is_traced((loss, terms, wake.log_weights)):
+            self._last = {**terms, "ess": _ess(wake.log_weights)}
+            if not jnp.isfinite(loss):
+                warnings.warn(self._diagnose(wake, terms), NonFiniteLossWarning, stacklevel=4)
+        return loss, wake, terms
+
+    # -- diagnosis of a non-finite evaluation (outside jit only) ----------------------------
+    @staticmethod
+    def _diagnose(wake: ImportanceTraces, terms: dict[str, Array]) -> str:
+        bad_terms = [name for name, t in terms.items() if not bool(jnp.all(jnp.isfinite(t)))]
+        dead = jnp.all(wake.log_weights == -jnp.inf, axis=0)
+        parts = [f"Non-finite wake-sleep term(s) {bad_terms}."]
+        if bool(jnp.any(dead)):
+            parts.append(
+                f"{int(jnp.sum(dead))} datapoint(s) have zero weight under every particle "
+                "(log p(x, z) - log q(z|x) = -inf for all of them)."
+            )
+        bad_sites = [label for label, ok in wake.site_finite.items() if not bool(jnp.all(ok))]
+        if bad_sites:
+            parts.append(f"Non-finite log-probabilities at {', '.join(bad_sites)}.")
+        parts.append(
+            "Check that the guide proposes only values the model supports, that probabilities "
+            "are not exactly 0 or 1 (clamp logits), and the learning rate. Under jit, "
+            "AlternatingSVI and SVI(...).stable_update refuse such a step."
+        )
+        return " ".join(parts)
+
+
+def _scaled_sum(per_datapoint: Array, data_scale: float) -> Array:
+    """Sum over datapoints after multiplying by the data plates' sub-sampling factor ``N/B``."""
+    total = jnp.sum(per_datapoint)
+    return total if data_scale == 1.0 else data_scale * total
+
+
+def _ess(log_weights: Array) -> Array:
+    """Mean over datapoints of the effective sample size ``1 / Σ_k w̄_k²``."""
+    weights = objectives.normalized_weights(jax.lax.stop_gradient(log_weights))
+    return jnp.mean(1.0 / jnp.sum(weights**2, axis=0))
+
+
+class ReweightedWakeSleep(_WakeSleepELBO):
+    r"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019) as an SVI loss.
+
+    Per datapoint, ``K = num_particles`` guide samples :math:`z_k \sim q_\phi(\cdot|x)`
+    (no gradient through the sample) are weighted by
+    :math:`\log w_k = \log p_\theta(x,z_k) - \log q_\phi(z_k|x)`, :math:`\bar w = \mathrm{softmax}(\log w)`:
+
+    - wake-θ, the model update: :math:`\sum_k \bar w_k \nabla_\theta \log p_\theta(x, z_k)`;
+    - wake-φ: :math:`\sum_k \bar w_k \nabla_\phi \log q_\phi(z_k | x)`;
+    - sleep-φ: :math:`\frac{1}{M}\sum_m \nabla_\phi \log q_\phi(z_m|x_m)`,
+      :math:`(z_m, x_m) \sim p_\theta` dreamed from the model, ``M = num_sleep_particles``.
+
+    The guide follows ``insomnia · wake-φ + (1 − insomnia) · sleep-φ``. The value of
+    :meth:`loss` is the negative importance-weighted bound :math:`-\sum_x \log \frac1K \sum_k w_k`
+    (nats), an unbiased estimate of its full-data value under plate sub-sampling; its
+    gradient is the update above (guide terms enter as ``t − stop_gradient(t)``).
+
+    Weights are formed per element of the plates that enclose every sample site (the data
+    plate); with a global latent they are joint. Sub-sampled plates: unscaled
+    log-densities inside the log-sum-exp, the ``N/B`` factor outside; all particles and
+    dreams of a step share one mini-batch. With joint weights, a sub-sampled plate's scale
+    stays inside the log-weights (they then target the full-data posterior of the global
+    latent).
+
+    Cost per step: one probe pass, ``K`` guide samples and ``K`` model and guide
+    log-density evaluations (``jax.vmap``-ed, or ``jax.lax.map``-ped when
+    ``vectorize_particles=False``); with ``insomnia < 1`` also ``M`` model samples and ``M``
+    guide evaluations. Under ``jit`` the probe pass costs only the plate sub-sampling.
+
+    :param num_particles: ``K``, guide samples per datapoint (``K = 1`` is allowed).
+    :param insomnia: weight of wake-φ against sleep-φ in the guide update, in ``[0, 1]``.
+    :param num_sleep_particles: ``M``, dreams per step (default ``num_particles``).
+    :param vectorize_particles: ``jax.vmap`` particles and dreams rather than ``jax.lax.map``.
+    :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+    :param alternate: ``False`` updates model and guide each step; ``True`` /
+        ``"model_first"`` alternates model-only and guide-only steps, ``"guide_first"``
+        starts with the guide. Alternation needs a state between steps: it is carried out
+        by :class:`~numpyro_wakesleep.AlternatingSVI`; under plain ``numpyro.infer.SVI``
+        every step updates both (with a warning).
+    :param dream_args: ``(observations, args, kwargs) -> (args, kwargs)``, how dreams reach
+        the guide (see :mod:`numpyro_wakesleep.dreams` for the default rules).
+
+    References: Bornschein & Bengio (2015), *Reweighted wake-sleep*, arXiv:1406.2751;
+    Le et al. (2019), *Revisiting reweighted wake-sleep for models with stochastic control
+    flow*, arXiv:1805.10469; Burda et al. (2016), *Importance weighted autoencoders*.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 10,
+        insomnia: float = 1.0,
+        num_sleep_particles: int | None = None,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+        alternate: bool | str = False,
+        dream_args: DreamArgs | None = None,
+    ) -> None:
+        super().__init__(
+            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+
+    def _bound(self, log_weights: Array) -> Array:
+        return objectives.iwae_bound(log_weights)
+
+    def _wake_theta_loss(self, log_p: Array, log_q: Array) -> Array:
+        return objectives.rws_wake_theta_loss(log_p, log_q)
+
+
+class WakeSleep(_WakeSleepELBO):
+    r"""Classic wake-sleep (Hinton, Dayan, Frey & Neal 1995) as an SVI loss.
+
+    - wake-θ: :math:`\frac1K \sum_k \nabla_\theta \log p_\theta(x, z_k)`,
+      :math:`z_k \sim q_\phi(\cdot|x)`, ``K = num_particles``;
+    - sleep-φ: :math:`\frac1M \sum_m \nabla_\phi \log q_\phi(z_m|x_m)`,
+      :math:`(z_m, x_m) \sim p_\theta`, ``M = num_sleep_particles``.
+
+    The reported value is the negative ELBO estimate
+    :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
+    :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        num_sleep_particles: int | None = None,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+        alternate: bool | str = False,
+        dream_args: DreamArgs | None = None,
+    ) -> None:
+        super().__init__(
+            num_particles, 0.0, num_sleep_particles, vectorize_particles,
+            max_plate_nesting, alternate, dream_args,
+        )  # fmt: skip
+
+    def _bound(self, log_weights: Array) -> Array:
+        return objectives.elbo_estimate(log_weights)
+
+    def _wake_theta_loss(self, log_p: Array, log_q: Array) -> Array:
+        return objectives.ws_wake_theta_loss(log_p)

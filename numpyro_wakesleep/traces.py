@@ -1,0 +1,326 @@
+"""Running guide and model over particles, and reducing traces to log-weights.
+
+The estimators of :mod:`numpyro_wakesleep.objectives` need, per particle and per
+datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
+
+- a *probe* pass runs guide and model once, outside any ``vmap``; it fixes the
+  step's plate sub-sampling indices and tells which plates are data plates, how
+  deeply plates nest and whether model and guide agree;
+- particles are a ``jax.vmap`` over particle keys (vectorised) or a
+  ``jax.lax.map`` (sequential); every particle substitutes the probe's parameter
+  values *and* its sub-sampling indices, so all particles of a step see the same
+  mini-batch;
+- the *data plates* are the plates that enclose every sample site of model and
+  guide; log-densities keep one entry per element of them and are summed over
+  every other dimension, so weights are per datapoint. With no such plate (a
+  global latent) the weights are joint;
+- log-densities use the site's scale *without* the data plates' sub-sampling
+  factor ``N/B``; that factor is returned separately (:attr:`ImportanceTraces.data_scale`)
+  and applied by the caller after the log-sum-exp over particles. Any other
+  scale (a sub-sampled plate that is not a data plate, ``handlers.scale``)
+  stays inside the log-weights, where it then targets the full-data posterior.
+
+Unlike the Pyro backend there is no particle plate: ``vmap`` adds the particle
+dimension outside the program, so model and guide always run on one particle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import Array, random
+from numpyro.distributions.util import scale_and_mask
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.primitives import CondIndepStackFrame, Messenger
+
+__all__ = [
+    "DetachSamples",
+    "ImportanceTraces",
+    "ModelGuideMismatchError",
+    "check_model_guide_match",
+    "data_plates",
+    "guess_plate_nesting",
+    "importance_traces",
+    "log_density",
+    "observed_values",
+    "plate_sizes",
+    "run_guide_and_model",
+    "sample_sites",
+    "subsample_indices",
+    "trace_params",
+]
+
+#: An execution trace of NumPyro: site name -> message.
+Trace = dict
+
+
+class DetachSamples(Messenger):
+    """Cuts the gradient through every sampled (unobserved) value with :func:`jax.lax.stop_gradient`.
+
+    Wake-sleep estimators differentiate ``log p`` and ``log q`` at fixed
+    samples; a reparameterised sample must not carry a pathwise gradient into
+    the sites downstream of it. Enter it *outside* ``handlers.trace`` so that the
+    trace records the stopped value (post-processing runs outermost first).
+    """
+
+    def postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["value"] = jax.lax.stop_gradient(msg["value"])
+
+
+def sample_sites(trace: Trace) -> Iterable[tuple[str, dict]]:
+    """``(name, site)`` of the trace's sample sites (plates are ``"plate"`` sites, not samples)."""
+    for name, site in trace.items():
+        if site["type"] == "sample":
+            yield name, site
+
+
+def guess_plate_nesting(*traces: Trace) -> int:
+    """Number of nested plates the traces' sample sites sit in (the most negative ``dim``)."""
+    dims = [
+        frame.dim
+        for tr in traces
+        for _, site in sample_sites(tr)
+        for frame in site["cond_indep_stack"]
+    ]
+    return -min(dims) if dims else 0
+
+
+def data_plates(*traces: Trace) -> dict[str, CondIndepStackFrame]:
+    """The plates that enclose every sample site of the given traces, by name."""
+    common: dict | None = None
+    for tr in traces:
+        for _, site in sample_sites(tr):
+            frames = {frame.name: frame for frame in site["cond_indep_stack"]}
+            common = frames if common is None else {n: f for n, f in common.items() if n in frames}
+    return common or {}
+
+
+def plate_sizes(trace: Trace) -> dict[str, int]:
+    """(Sub-sampled) size of every plate the trace's sample sites sit in."""
+    return {
+        frame.name: frame.size
+        for _, site in sample_sites(trace)
+        for frame in site["cond_indep_stack"]
+    }
+
+
+def subsample_indices(*traces: Trace) -> dict[str, Array]:
+    """The mini-batch indices of every plate of the traces, by plate name (first trace wins)."""
+    indices: dict[str, Array] = {}
+    for tr in traces:
+        for name, site in tr.items():
+            if site["type"] == "plate" and name not in indices:
+                indices[name] = site["value"]
+    return indices
+
+
+def _full_size(name: str, frame: CondIndepStackFrame, traces: Iterable[Trace]) -> int:
+    for tr in traces:
+        site = tr.get(name)
+        if site is not None and site["type"] == "plate":
+            return int(site["args"][0])
+    return frame.size
+
+
+def log_density(
+    trace: Trace, keep_dims: frozenset[int], ndim: int, scale_divisor: float = 1.0
+) -> Array | None:
+    """Sum of the trace's sample-site log-densities, reduced to the dimensions in ``keep_dims``.
+
+    Each site's log-probability is multiplied by ``site["scale"] / scale_divisor`` (masks
+    are part of the site's distribution in NumPyro), right-aligned to ``ndim`` batch
+    dimensions and summed over every dimension not in ``keep_dims`` (negative indices),
+    keeping the dimensions. Returns ``None`` for a trace without sample sites.
+    """
+    total = None
+    for name, site in sample_sites(trace):
+        log_p = site["fn"].log_prob(site["value"])
+        scale = 1.0 if site["scale"] is None else site["scale"]
+        log_p = scale_and_mask(log_p, scale if scale_divisor == 1.0 else scale / scale_divisor)
+        log_p = jnp.asarray(log_p)
+        if log_p.ndim > ndim:
+            raise ValueError(
+                f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
+                f"dimensions than the {ndim} plates that enclose it. Declare each batch "
+                "dimension with a numpyro.plate, or move it into the event with .to_event(n); "
+                "if max_plate_nesting was given, check it counts every plate."
+            )
+        log_p = jnp.reshape(log_p, (1,) * (ndim - log_p.ndim) + log_p.shape)
+        sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
+        if sum_dims:
+            log_p = jnp.sum(log_p, axis=sum_dims, keepdims=True)
+        total = log_p if total is None else total + log_p
+    return total
+
+
+def observed_values(trace: Trace) -> dict[str, Array]:
+    """Values of the observed sites of a model trace, by name."""
+    return {name: site["value"] for name, site in sample_sites(trace) if site["is_observed"]}
+
+
+def trace_params(trace: Trace) -> set[str]:
+    """The names of the ``numpyro.param`` sites a trace used."""
+    return {name for name, site in trace.items() if site["type"] == "param"}
+
+
+class ModelGuideMismatchError(ValueError):
+    """Model latents and guide sample sites disagree."""
+
+
+def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
+    """Raise ``ValueError`` naming the sites when model latents and guide sites disagree."""
+    model_latents = {n for n, s in sample_sites(model_trace) if not s["is_observed"]}
+    model_observed = {n for n, s in sample_sites(model_trace) if s["is_observed"]}
+    guide_sites = {
+        n for n, s in sample_sites(guide_trace) if not s["infer"].get("is_auxiliary", False)
+    }
+    missing = sorted(model_latents - guide_sites)
+    if missing:
+        raise ModelGuideMismatchError(
+            f"The model has latent site(s) {missing} that the guide does not sample. Wake-sleep "
+            "needs the guide to propose every latent variable of the model: add a numpyro.sample "
+            "statement with the same name to the guide (or observe the site in the model)."
+        )
+    extra = sorted(guide_sites - model_latents)
+    if extra:
+        observed = sorted(set(extra) & model_observed)
+        hint = (
+            f" (the model observes {observed}: the guide must not sample them)" if observed else ""
+        )
+        raise ModelGuideMismatchError(
+            f"The guide samples site(s) {extra} that are not latent sites of the model{hint}. "
+            "Rename them to match the model's latent sites, remove them, or mark a genuine "
+            'auxiliary variable with infer={"is_auxiliary": True}.'
+        )
+
+
+@dataclass
+class ImportanceTraces:
+    """Per-particle, per-datapoint log-densities of one wake evaluation.
+
+    ``log_p`` and ``log_q`` have shape ``(K, *batch)``: particles first, then the
+    model's ``plate_nesting`` plate dimensions, of size 1 except for data plates.
+    ``model_trace`` and ``guide_trace`` are the probe pass (one particle, no ``vmap``);
+    ``fixed`` holds what every run substitutes (parameters and mini-batch indices);
+    ``site_finite`` says, per particle, whether each site's log-density was finite.
+    """
+
+    log_p: Array
+    log_q: Array
+    data_scale: float
+    data_plates: dict[str, CondIndepStackFrame]
+    model_trace: Trace
+    guide_trace: Trace
+    plate_nesting: int
+    fixed: dict[str, Array]
+    site_finite: dict[str, Array]
+
+    @property
+    def log_weights(self) -> Array:
+        return self.log_p - self.log_q
+
+    def per_datapoint(self, value: Array) -> Array:
+        """``value`` (one entry per element of the plate dims) with only the data plates' dims kept,
+        outermost first; a 0-d array when the weights are joint."""
+        dims = sorted(frame.dim for frame in self.data_plates.values())
+        return jnp.reshape(value, [value.shape[d] for d in dims])
+
+
+def run_guide_and_model(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    fixed: dict[str, Array],
+    rng_key: Array,
+) -> tuple[Trace, Trace]:
+    """The guide draws (gradient-free) samples; the model is replayed against them.
+
+    ``fixed`` (parameter values, plate indices, mutable state) is substituted into both.
+    """
+    guide_key, model_key = random.split(rng_key)
+    with DetachSamples():
+        guide_trace = trace(seed(substitute(guide, data=fixed), guide_key)).get_trace(
+            *args, **kwargs
+        )
+    replayed = substitute(replay(model, trace=guide_trace), data=fixed)
+    model_trace = trace(seed(replayed, model_key)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def _reduce(
+    model_trace: Trace, guide_trace: Trace, keep_dims: frozenset[int], ndim: int, data_scale: float
+) -> tuple[Array, Array]:
+    log_p = log_density(model_trace, keep_dims, ndim, data_scale)
+    if log_p is None:
+        raise ValueError("The model has no numpyro.sample statements: there is nothing to learn.")
+    log_q = log_density(guide_trace, keep_dims, ndim, data_scale)
+    if log_q is None:  # a guide without latents: q is the point mass of the empty set
+        log_q = jnp.zeros_like(log_p)
+    return jnp.broadcast_arrays(log_p, log_q)
+
+
+def _site_finite(model_trace: Trace, guide_trace: Trace) -> dict[str, Array]:
+    return {
+        f"{role} site '{name}'": jnp.all(jnp.isfinite(site["fn"].log_prob(site["value"])))
+        for role, tr in (("model", model_trace), ("guide", guide_trace))
+        for name, site in sample_sites(tr)
+    }
+
+
+def importance_traces(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    rng_key: Array,
+    params: dict[str, Array],
+    num_particles: int,
+    max_plate_nesting: float,
+    vectorize: bool,
+) -> ImportanceTraces:
+    """Draw ``num_particles`` guide samples and score them under model and guide.
+
+    A probe pass (outside the ``vmap``) draws the step's plate sub-sampling indices and
+    reads the plate structure; the particles, ``jax.vmap``-ed over their keys (or
+    ``jax.lax.map``-ped when ``vectorize`` is false), substitute those indices so that
+    every particle sees the same mini-batch. ``max_plate_nesting`` (``inf``: guessed from
+    the probe pass) is the number of plate dimensions of the model.
+    """
+    probe_key, particles_key = random.split(rng_key)
+    model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, probe_key)
+    check_model_guide_match(model_trace, guide_trace)
+    fixed = {**params, **subsample_indices(guide_trace, model_trace)}
+
+    plate_nesting = (
+        guess_plate_nesting(model_trace, guide_trace)
+        if max_plate_nesting == math.inf
+        else int(max_plate_nesting)
+    )
+    plates = data_plates(model_trace, guide_trace)
+    traces = (guide_trace, model_trace)
+    data_scale = math.prod(_full_size(n, f, traces) / f.size for n, f in plates.items())
+    keep = frozenset(frame.dim for frame in plates.values())
+
+    def particle(key: Array) -> tuple[Array, Array, dict[str, Array]]:
+        m_trace, g_trace = run_guide_and_model(model, guide, args, kwargs, fixed, key)
+        log_p, log_q = _reduce(m_trace, g_trace, keep, plate_nesting, data_scale)
+        return log_p, log_q, _site_finite(m_trace, g_trace)
+
+    keys = random.split(particles_key, num_particles)
+    log_p, log_q, site_finite = (jax.vmap(particle) if vectorize else _sequential(particle))(keys)
+    return ImportanceTraces(
+        log_p, log_q, data_scale, plates, model_trace, guide_trace, plate_nesting, fixed,
+        site_finite,
+    )  # fmt: skip
+
+
+def _sequential(fn: Callable) -> Callable:
+    """``fn`` mapped over the leading axis one element at a time (``jax.lax.map``)."""
+    return lambda xs: jax.lax.map(fn, xs)
