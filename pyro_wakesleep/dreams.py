@@ -149,7 +149,12 @@ class Dreamer:
                 wake_guide_trace
             ):
                 return log_q.reshape(self.num_dreams)
-            self._fall_back()
+            log_q = self._sequential(model, guide, args, kwargs, real, plate_nesting)
+            self._fall_back()  # only once one-at-a-time dreams have worked
+            return log_q
+        return self._sequential(model, guide, args, kwargs, real, plate_nesting)
+
+    def _sequential(self, model, guide, args, kwargs, real, plate_nesting) -> Tensor:
         return torch.stack(
             [
                 self._dream(model, guide, args, kwargs, real, plate_nesting)[0].reshape(())
@@ -178,9 +183,10 @@ class Dreamer:
             if site["type"] == "sample" and site["infer"].get("was_observed", False)
         }
         guide_args, guide_kwargs = route_dreams(guide, dreamed, real, args, kwargs, self.dream_args)
-        guide_trace = poutine.trace(poutine.replay(dreaming_guide, trace=dream)).get_trace(
-            *guide_args, **guide_kwargs
-        )
+        with DetachSamples():  # an auxiliary guide site must not carry a pathwise gradient
+            guide_trace = poutine.trace(poutine.replay(dreaming_guide, trace=dream)).get_trace(
+                *guide_args, **guide_kwargs
+            )
         for site in dream.nodes.values():  # read the dream as a wake pass would see it
             if site["type"] == "sample" and site["infer"].get("was_observed", False):
                 site["is_observed"] = True

@@ -56,7 +56,11 @@ def _check_arguments(
     _check_count("num_particles", num_particles)
     if num_sleep_particles is not None:
         _check_count("num_sleep_particles", num_sleep_particles)
-    if not isinstance(insomnia, numbers.Real) or not 0.0 <= insomnia <= 1.0:
+    if (
+        isinstance(insomnia, bool)
+        or not isinstance(insomnia, numbers.Real)
+        or not 0.0 <= insomnia <= 1.0
+    ):
         raise ValueError(
             f"insomnia must be a number in [0, 1] (1: wake-phi only, 0: sleep-phi only), "
             f"got {insomnia!r}."

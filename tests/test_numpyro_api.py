@@ -189,7 +189,7 @@ def test_invalid_arguments_raise_at_construction(cls, kwargs, name):
         cls(**kwargs)
 
 
-@pytest.mark.parametrize("insomnia", [-0.1, 1.1, "0.5", None, math.nan])
+@pytest.mark.parametrize("insomnia", [-0.1, 1.1, "0.5", None, math.nan, True])
 def test_insomnia_outside_the_unit_interval_is_refused(insomnia):
     with pytest.raises(ValueError, match="insomnia"):
         ReweightedWakeSleep(insomnia=insomnia)

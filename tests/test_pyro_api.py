@@ -247,6 +247,7 @@ def test_guide_reading_leading_dimension_falls_back_to_sequential_dreams_once(da
         ({"insomnia": -0.1}, "insomnia"),
         ({"insomnia": 1.5}, "insomnia"),
         ({"insomnia": float("nan")}, "insomnia"),
+        ({"insomnia": True}, "insomnia"),
         ({"vectorize_particles": "yes"}, "vectorize_particles"),
         ({"max_plate_nesting": -1}, "max_plate_nesting"),
         ({"max_plate_nesting": 1.5}, "max_plate_nesting"),
