@@ -21,7 +21,6 @@ rule, say) or that builds plates of other sizes than in the wake pass makes
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -30,9 +29,15 @@ import jax
 from jax import Array, random
 from numpyro.handlers import replay, seed, substitute, trace, uncondition
 
+from wakesleep.contract import (
+    DreamArgs,
+    DreamRoutingError,
+    ModelGuideMismatchError,
+    route_dreams,
+)
+
 from .traces import (
     DetachSamples,
-    ModelGuideMismatchError,
     Trace,
     check_model_guide_match,
     log_density,
@@ -41,73 +46,6 @@ from .traces import (
 )
 
 __all__ = ["DreamArgs", "DreamRoutingError", "Dreamer", "route_dreams"]
-
-#: ``dream_args(observations, args, kwargs) -> (args, kwargs)``
-DreamArgs = Callable[[dict[str, Array], tuple, dict], tuple[tuple, dict]]
-
-
-class DreamRoutingError(ValueError):
-    """The sleep phase found no way to show the guide the dreamed observations."""
-
-
-def _takes_observations(guide: Callable) -> bool:
-    try:
-        return "observations" in inspect.signature(guide).parameters
-    except (TypeError, ValueError):  # builtins and other callables without a signature
-        return False
-
-
-def route_dreams(
-    guide: Callable,
-    dreamed: dict[str, Array],
-    real: dict[str, Array],
-    args: tuple,
-    kwargs: dict,
-    dream_args: DreamArgs | None = None,
-) -> tuple[tuple, dict]:
-    """The guide's ``(args, kwargs)`` for a sleep pass that shows it the ``dreamed`` observations.
-
-    ``real`` maps each observed site to its value in the wake pass; it is what rule 3
-    looks for among the arguments (by identity).
-    """
-    if dream_args is not None:
-        routed = dream_args(dreamed, args, kwargs)
-        if not (
-            isinstance(routed, tuple)
-            and len(routed) == 2
-            and isinstance(routed[0], tuple | list)
-            and isinstance(routed[1], dict)
-        ):
-            raise DreamRoutingError(
-                "dream_args must return a pair (args, kwargs): a tuple of positional arguments "
-                f"and a dict of keyword arguments for the guide; it returned {type(routed)}."
-            )
-        return tuple(routed[0]), routed[1]
-    if _takes_observations(guide):
-        return args, {**kwargs, "observations": dreamed}
-
-    new_args, new_kwargs = list(args), dict(kwargs)
-    for site, value in real.items():
-        position = next((i for i, a in enumerate(args) if a is value), None)
-        keyword = next((k for k, v in kwargs.items() if v is value), None)
-        if position is not None:
-            new_args[position] = dreamed[site]
-        elif keyword is not None:
-            new_kwargs[keyword] = dreamed[site]
-        else:
-            break
-    else:
-        if real:
-            return tuple(new_args), new_kwargs
-    raise DreamRoutingError(
-        f"The sleep phase cannot show the guide the dreamed values of the observed site(s) "
-        f"{sorted(real)}: no argument of the call is the observed value itself. Do one of: "
-        "(1) pass dream_args=lambda observations, args, kwargs: (new_args, new_kwargs) to the "
-        "objective; (2) give the guide a keyword parameter `observations=None` and read the "
-        "data from observations[site] when it is given; (3) pass each observed value to "
-        "model and guide as an argument and use it unchanged as `obs=`. Or set insomnia=1 "
-        "(no sleep phase)."
-    )
 
 
 class Dreamer:

@@ -18,16 +18,21 @@ outside any JAX transformation.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import Array, random
 from numpyro.infer.elbo import ELBO
+
+from wakesleep.contract import (
+    FIRST_PHASE,
+    NonFiniteLossWarning,
+    Phase,
+    check_objective_arguments,
+)
 
 from . import objectives
 from .dreams import DreamArgs, Dreamer
@@ -35,57 +40,7 @@ from .traces import ImportanceTraces, importance_traces
 
 __all__ = ["NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
 
-Phase = Literal["both", "model", "guide"]
-_PHASES = ("both", "model", "guide")
-
-
-class NonFiniteLossWarning(RuntimeWarning):
-    """A wake-sleep evaluation met a non-finite term."""
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
-
-
-def _check_arguments(
-    num_particles, insomnia, num_sleep_particles, vectorize_particles, max_plate_nesting,
-    alternate, dream_args,
-) -> None:  # fmt: skip
-    _check_count("num_particles", num_particles)
-    if num_sleep_particles is not None:
-        _check_count("num_sleep_particles", num_sleep_particles)
-    if (
-        isinstance(insomnia, bool)
-        or not isinstance(insomnia, numbers.Real)
-        or not 0.0 <= insomnia <= 1.0
-    ):
-        raise ValueError(
-            f"insomnia must be a number in [0, 1] (1: wake-phi only, 0: sleep-phi only), "
-            f"got {insomnia!r}."
-        )
-    if not isinstance(vectorize_particles, bool):
-        raise ValueError(f"vectorize_particles must be True or False, got {vectorize_particles!r}.")
-    if max_plate_nesting != math.inf and (
-        isinstance(max_plate_nesting, bool)
-        or not isinstance(max_plate_nesting, numbers.Integral)
-        or max_plate_nesting < 0
-    ):
-        raise ValueError(
-            "max_plate_nesting must be a non-negative integer (the model's own plates, not "
-            f"counting particles) or float('inf') to guess it, got {max_plate_nesting!r}."
-        )
-    if not (alternate is False or alternate is True or alternate in ("model_first", "guide_first")):
-        raise ValueError(
-            "alternate must be False (update model and guide together), True or 'model_first' "
-            f"(model, then guide, ...), or 'guide_first', got {alternate!r}."
-        )
-    if dream_args is not None and not callable(dream_args):
-        raise ValueError(
-            "dream_args must be None or a callable (observations, args, kwargs) -> (args, kwargs), "
-            f"got {dream_args!r}."
-        )
+_PHASES = tuple(dict.fromkeys(FIRST_PHASE.values()))  # "both", "model", "guide"
 
 
 def _is_traced(tree: Any) -> bool:
@@ -112,7 +67,7 @@ class _WakeSleepELBO(ELBO):
         alternate: bool | str,
         dream_args: DreamArgs | None,
     ) -> None:
-        _check_arguments(
+        check_objective_arguments(
             num_particles, insomnia, num_sleep_particles, vectorize_particles,
             max_plate_nesting, alternate, dream_args,
         )  # fmt: skip
@@ -140,9 +95,7 @@ class _WakeSleepELBO(ELBO):
     def first_phase(self) -> Phase:
         """What an alternating schedule updates first: ``"model"`` or ``"guide"`` (``"both"``
         when ``alternate`` is false). :class:`~numpyro_wakesleep.AlternatingSVI` reads it."""
-        if self.alternate is False:
-            return "both"
-        return "guide" if self.alternate == "guide_first" else "model"
+        return FIRST_PHASE[self.alternate]
 
     @property
     def last_terms(self) -> dict[str, float]:

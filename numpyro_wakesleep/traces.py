@@ -37,6 +37,8 @@ from numpyro.distributions.util import scale_and_mask
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import CondIndepStackFrame, Messenger
 
+from wakesleep.contract import ModelGuideMismatchError, check_site_match
+
 __all__ = [
     "DetachSamples",
     "ImportanceTraces",
@@ -168,35 +170,16 @@ def trace_params(trace: Trace) -> set[str]:
     return {name for name, site in trace.items() if site["type"] == "param"}
 
 
-class ModelGuideMismatchError(ValueError):
-    """Model latents and guide sample sites disagree."""
-
-
 def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
-    """Raise ``ValueError`` naming the sites when model latents and guide sites disagree."""
-    model_latents = {n for n, s in sample_sites(model_trace) if not s["is_observed"]}
-    model_observed = {n for n, s in sample_sites(model_trace) if s["is_observed"]}
-    guide_sites = {
-        n for n, s in sample_sites(guide_trace) if not s["infer"].get("is_auxiliary", False)
-    }
-    missing = sorted(model_latents - guide_sites)
-    if missing:
-        raise ModelGuideMismatchError(
-            f"The model has latent site(s) {missing} that the guide does not sample. Wake-sleep "
-            "needs the guide to propose every latent variable of the model: add a numpyro.sample "
-            "statement with the same name to the guide (or observe the site in the model)."
-        )
-    extra = sorted(guide_sites - model_latents)
-    if extra:
-        observed = sorted(set(extra) & model_observed)
-        hint = (
-            f" (the model observes {observed}: the guide must not sample them)" if observed else ""
-        )
-        raise ModelGuideMismatchError(
-            f"The guide samples site(s) {extra} that are not latent sites of the model{hint}. "
-            "Rename them to match the model's latent sites, remove them, or mark a genuine "
-            'auxiliary variable with infer={"is_auxiliary": True}.'
-        )
+    """Raise :class:`ModelGuideMismatchError` naming the sites where model and guide disagree."""
+    check_site_match(
+        model_latents=(n for n, s in sample_sites(model_trace) if not s["is_observed"]),
+        model_observed=(n for n, s in sample_sites(model_trace) if s["is_observed"]),
+        guide_sites=(
+            n for n, s in sample_sites(guide_trace) if not s["infer"].get("is_auxiliary", False)
+        ),
+        sample_statement="numpyro.sample",
+    )
 
 
 @dataclass
