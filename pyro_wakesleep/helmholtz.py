@@ -92,7 +92,11 @@ class HelmholtzMachine(nn.Module):
         with self._plate(x, num_data):
             h = x
             for layer, net in enumerate(recognition, start=1):
-                h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=net(h)).to_event(1))
+                q = dist.Bernoulli(logits=net(h))
+                # The sampler's probabilities, evaluated now, once per datapoint: after a particle
+                # plate has expanded the distribution the sigmoid would run on every copy.
+                _ = q.probs
+                h = pyro.sample(f"h{layer}", q.to_event(1))
 
     def generative_weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.

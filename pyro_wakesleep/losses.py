@@ -72,6 +72,10 @@ class _WakeSleepELBO(ELBO):
         self._last: dict[str, Tensor] = {}
 
     # -- what subclasses choose ------------------------------------------------------------
+    #: The wake-θ surrogate's value is the reported value (bit for bit), so a step that
+    #: computes wake-θ need not evaluate the bound a second time.
+    _wake_theta_is_value: bool = False
+
     def _bound(self, log_weights: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -132,18 +136,19 @@ class _WakeSleepELBO(ELBO):
         phase = self._next_phase
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
         value = loss.item()
-        model_params, guide_params = trace_params(wake.model_trace), trace_params(wake.guide_trace)
         if not math.isfinite(value):
             warnings.warn(
                 self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
                 NonFiniteLossWarning,
                 stacklevel=2,
             )
-            for param in model_params | guide_params:
+            for param in trace_params(wake.model_trace) | trace_params(wake.guide_trace):
                 param.grad = None
             return value
         loss.backward()
-        if phase != "both":
+        if phase != "both":  # parameter sets only when needed: hashing tensors is not free
+            model_params = trace_params(wake.model_trace)
+            guide_params = trace_params(wake.guide_trace)
             idle = guide_params - model_params if phase == "model" else model_params - guide_params
             for param in idle:
                 param.grad = None
@@ -194,7 +199,9 @@ class _WakeSleepELBO(ELBO):
                 terms["wake_phi"] = _scaled_sum(
                     objectives.wake_phi_loss(wake.log_weights, wake.log_q), wake.data_scale
                 )
-                weighted.append(self.insomnia * terms["wake_phi"])
+                weighted.append(
+                    terms["wake_phi"] if self.insomnia == 1.0 else self.insomnia * terms["wake_phi"]
+                )
             if self.insomnia < 1.0:
                 log_q_dreams = self._dreamer.log_q(
                     model,
@@ -207,7 +214,10 @@ class _WakeSleepELBO(ELBO):
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
                 weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
-        value = self._value(wake)
+        if "wake_theta" in terms and self._wake_theta_is_value:
+            value = terms["wake_theta"].detach()
+        else:
+            value = self._value(wake)
         self._last = {
             "loss": value.detach(),
             **{name: t.detach() for name, t in terms.items()},
@@ -300,6 +310,9 @@ class ReweightedWakeSleep(_WakeSleepELBO):
             num_particles, insomnia, num_sleep_particles, vectorize_particles,
             max_plate_nesting, alternate, dream_args,
         )  # fmt: skip
+
+    # −Σ IWAE(log p − sg(log q)) and −Σ IWAE(log w) are the same number: sg changes no value.
+    _wake_theta_is_value = True
 
     def _bound(self, log_weights: Tensor) -> Tensor:
         return objectives.iwae_bound(log_weights)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyro
 import pyro.poutine as poutine
@@ -200,8 +201,9 @@ class ImportanceTraces:
     model_trace: Trace
     guide_trace: Trace
 
-    @property
+    @cached_property
     def log_weights(self) -> Tensor:
+        """``log_p - log_q``, computed once per evaluation (read up to four times per step)."""
         return self.log_p - self.log_q
 
     def per_datapoint(self, value: Tensor) -> Tensor:
@@ -246,6 +248,8 @@ def _reduce(
     log_q = log_density(guide_trace, keep_dims, ndim, data_scale)
     if log_q is None:  # a guide without latents: q is the point mass of the empty set
         log_q = torch.zeros_like(log_p)
+    if log_p.shape == log_q.shape:  # the usual case: no expand nodes in the autograd graph
+        return log_p, log_q
     return torch.broadcast_tensors(log_p, log_q)
 
 
