@@ -14,17 +14,27 @@ Recognition (bottom-up)::
 ``x``; any objective of this package trains them. Batch dimensions are read
 from the right. Parameters are ``numpyro.param`` sites, initialised like
 ``torch.nn.Linear`` (uniform in ``±1/sqrt(fan_in)``) and the top logits at zero.
+
+Parameter values live outside the machine (in the SVI state), so the helpers that read
+them take the constrained parameter dictionary, ``svi.get_params(state)``:
+:meth:`HelmholtzMachine.generative_weights` for :mod:`wakesleep.exact` and
+:meth:`HelmholtzMachine.sample` for images drawn from the generative model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
+from numbers import Integral
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import Array, random
+from numpyro import handlers
 
 __all__ = ["HelmholtzMachine"]
 
@@ -98,3 +108,69 @@ class HelmholtzMachine:
             for layer in range(1, len(sizes)):
                 logits = _linear(f"{prefix}.{layer - 1}", sizes[layer - 1], sizes[layer], h)
                 h = numpyro.sample(f"h{layer}", dist.Bernoulli(logits=logits).to_event(1))
+
+    def generative_weights(
+        self, params: dict[str, Array]
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.
+
+        ``layers[i]`` maps ``h_{i+1}`` to the logits of ``h_i`` (``h_0 = x``), weights in
+        ``torch.nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.exact`. The
+        model's ``{name}_generative.layers.{i}.weight`` parameters already have that layout
+        (``_linear`` computes ``h @ W.T + b``), so nothing is transposed.
+
+        :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
+        :raises KeyError: naming a generative parameter that ``params`` lacks.
+        """
+        prefix = f"{self.name}_generative"
+
+        def as_numpy(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            if name not in params:
+                raise KeyError(
+                    f"params has no {name!r}: pass the parameters of this machine (name "
+                    f"{self.name!r}), e.g. svi.get_params(state)."
+                )
+            value = np.asarray(params[name], dtype=np.float64)
+            if value.shape != shape:
+                raise ValueError(f"params[{name!r}] has shape {value.shape}, expected {shape}.")
+            return value
+
+        sizes = self._sizes
+        layers = [
+            (
+                as_numpy(f"{prefix}.layers.{i}.weight", (sizes[i], sizes[i + 1])),
+                as_numpy(f"{prefix}.layers.{i}.bias", (sizes[i],)),
+            )
+            for i in range(len(self.hidden))
+        ]
+        return as_numpy(f"{prefix}.top_logits", (sizes[-1],)), layers
+
+    def sample(self, params: dict[str, Array], rng_key: Array, num_samples: int) -> Array:
+        """``num_samples`` images ``x ~ p_θ(x)`` drawn by running the model with ``x`` released.
+
+        The model runs once on a blank ``(num_samples, D)`` batch under
+        ``handlers.uncondition`` (``x`` is then sampled, not observed), with ``params``
+        substituted and ``rng_key`` as its seed; the run is jitted (compiled once per machine
+        and ``num_samples``).
+
+        :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
+        :returns: a ``uint8`` array of 0/1 of shape ``(num_samples, D)``.
+        """
+        if (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, Integral)
+            or num_samples < 1
+        ):
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        return _draw_images(self, params, rng_key, int(num_samples))
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _draw_images(
+    machine: HelmholtzMachine, params: dict[str, Array], rng_key: Array, num_samples: int
+) -> Array:
+    """The model run once, jitted, on a blank batch with ``x`` released; ``x`` as ``uint8``."""
+    blank = jnp.zeros((num_samples, machine.num_visible))
+    program = handlers.uncondition(handlers.substitute(machine.model, data=params))
+    model_trace = handlers.trace(handlers.seed(program, rng_key)).get_trace(blank)
+    return model_trace["x"]["value"].astype(jnp.uint8)

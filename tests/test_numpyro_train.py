@@ -1,0 +1,278 @@
+"""``python -m numpyro_wakesleep train`` end to end, on tiny settings; the machine's helpers.
+
+The trainer tests mirror ``tests/test_pyro_train.py``. The helpers of
+:class:`numpyro_wakesleep.helmholtz.HelmholtzMachine` are checked against exact
+enumeration (:mod:`wakesleep.exact`) on machines small enough to enumerate:
+
+- ``generative_weights`` feeds the exact ``log p(x)``, which must equal the importance
+  estimate of :mod:`numpyro_wakesleep.evaluation` with many particles, within 5 of its
+  standard errors (the relative standard error of the mean importance weight);
+- ``sample`` draws images whose pixel means must equal the exact marginal pixel
+  probabilities within 5 binomial standard errors, and whose image frequencies must pass
+  a chi-square test against the exact ``p(x)`` of all ``2^D`` images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import random
+from scipy import stats
+
+from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
+from numpyro_wakesleep.helmholtz import HelmholtzMachine
+from numpyro_wakesleep.train import CHECKPOINT, main
+from wakesleep.exact import helmholtz_log_marginal
+
+TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40"]
+
+
+def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -> dict:
+    argv = ["train", "--dataset", dataset, "--algorithm", algorithm, *TINY, *extra]
+    return main([*argv, "--out", str(out)])
+
+
+def load_checkpoint(folder: Path) -> dict:
+    with (folder / CHECKPOINT).open("rb") as handle:
+        return pickle.load(handle)
+
+
+def has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+# -- the trainer ----------------------------------------------------------------------------
+# Every training run compiles its own jitted step, so the runs are shared: one finished run
+# per algorithm (module-scoped), copied where a test changes its folder.
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    runs = {}
+    for algorithm in ("rws", "ws"):
+        out = tmp_path_factory.mktemp(f"finished_{algorithm}")
+        runs[algorithm] = (out, run(out, algorithm=algorithm))
+    return runs
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["rws", "ws"])
+def test_writes_every_output(finished, algorithm):
+    folder, metrics = finished[algorithm]
+    outputs = ("metrics.json", "samples.npy", "samples.png", "curve.png", CHECKPOINT)
+    for name in (*outputs, "diagnostics.json", "khat.png"):
+        assert (folder / name).stat().st_size > 0, name
+    on_disk = json.loads((folder / "metrics.json").read_text())
+    assert on_disk["backend"] == "numpyro_wakesleep" and on_disk["algorithm"] == algorithm
+    assert on_disk["layers"] == [8, 1] and on_disk["steps"] == 12 and on_disk["particles"] == 3
+    assert on_disk["nll_method"] == "exact"
+    # an untrained bars machine is far from the 3.43-bit source: KL is large but finite
+    assert 0.0 < on_disk["kl_bits"] < 64 and on_disk["train_nll_nats"] > 0
+    assert on_disk == json.loads(json.dumps(metrics))
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    assert diagnostics["num_datapoints"] == 500 and diagnostics["num_samples"] == 1000
+    assert 0.0 <= diagnostics["fraction_khat_above_0.7"] <= diagnostics["fraction_khat_above_0.5"]
+    samples = np.load(folder / "samples.npy")
+    assert samples.dtype == np.uint8 and samples.shape == (40, 16)
+    assert set(np.unique(samples)) <= {0, 1}
+    checkpoint = load_checkpoint(folder)
+    assert checkpoint["step"] == 12 and len(checkpoint["curve"]) == 12
+    assert all(np.isfinite(checkpoint["curve"]))
+    assert checkpoint["run"]["algorithm"] == algorithm and checkpoint["run"]["seed"] == 0
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(finished, tmp_path):
+    straight_folder, straight = finished["rws"]
+    first = ["--steps", "5"]
+    argv = ["train", "--dataset", "bars", "--algorithm", "rws", *TINY, *first]
+    main([*argv, "--out", str(tmp_path)])
+    assert load_checkpoint(tmp_path)["step"] == 5
+    resumed = run(tmp_path, "--resume")
+    a = load_checkpoint(straight_folder)
+    b = load_checkpoint(tmp_path)
+    assert a["step"] == b["step"] == 12
+    assert set(a["params"]) == set(b["params"])
+    for name, value in a["params"].items():
+        assert value.dtype == b["params"][name].dtype
+        assert np.array_equal(value, b["params"][name]), name
+    for x, y in zip(a["optim"], b["optim"], strict=True):
+        assert np.array_equal(x, y)
+    assert np.array_equal(a["rng"], b["rng"]) and np.array_equal(a["batches"], b["batches"])
+    assert a["curve"] == b["curve"]
+    for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
+        assert straight[key] == resumed[key]
+    samples = [np.load(folder / "samples.npy") for folder in (straight_folder, tmp_path)]
+    assert np.array_equal(*samples)
+
+
+@pytest.mark.slow
+def test_existing_checkpoint_is_never_overwritten_without_resume(finished, tmp_path):
+    folder = copy_of(finished["rws"][0], tmp_path)
+    before = (folder / CHECKPOINT).read_bytes()
+    with pytest.raises(SystemExit, match="--resume"):
+        run(folder)
+    assert (folder / CHECKPOINT).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resume_needs_a_checkpoint_with_the_same_settings(finished, tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint.pkl"):
+        run(tmp_path, "--resume")
+    folder = copy_of(finished["rws"][0], tmp_path)
+    before = (folder / CHECKPOINT).read_bytes()
+    with pytest.raises(SystemExit, match="lr"):
+        run(folder, "--resume", "--lr", "0.5")
+    with pytest.raises(SystemExit, match="algorithm: checkpoint 'rws' vs now 'ws'"):
+        run(folder, "--resume", algorithm="ws")
+    assert (folder / CHECKPOINT).read_bytes() == before
+
+
+@pytest.mark.skipif(has_gpu(), reason="checks the message shown without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no GPU"):
+        run(tmp_path, "--device", "cuda")
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+@pytest.mark.slow
+def test_module_entry_point_rejects_bad_flags():
+    result = subprocess.run(
+        [sys.executable, "-m", "numpyro_wakesleep", "train", "--dataset", "bars", "--out", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--algorithm" in result.stderr
+    assert "python -m numpyro_wakesleep" in result.stderr
+
+
+# -- the machine's helpers, against exact enumeration ----------------------------------------
+def random_params(machine: HelmholtzMachine, seed: int, generative: float, recognition: float):
+    """Every parameter of model and guide, drawn ``N(0, scale²)`` (far from the initial values).
+
+    The generative net gets ``generative`` as its scale and the recognition net ``recognition``.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = (machine.num_visible, *machine.hidden)
+    gen, rec = f"{machine.name}_generative", f"{machine.name}_recognition"
+    shapes = {f"{gen}.top_logits": ((sizes[-1],), generative)}
+    for i in range(len(machine.hidden)):
+        shapes[f"{gen}.layers.{i}.weight"] = ((sizes[i], sizes[i + 1]), generative)
+        shapes[f"{gen}.layers.{i}.bias"] = ((sizes[i],), generative)
+        shapes[f"{rec}.{i}.weight"] = ((sizes[i + 1], sizes[i]), recognition)
+        shapes[f"{rec}.{i}.bias"] = ((sizes[i + 1],), recognition)
+    return {
+        name: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
+        for name, (shape, scale) in shapes.items()
+    }
+
+
+def all_images(num_visible: int) -> np.ndarray:
+    return np.array(list(itertools.product((0, 1), repeat=num_visible)), dtype=np.float64)
+
+
+def test_generative_weights_are_float64_in_the_layout_of_wakesleep_exact():
+    machine = HelmholtzMachine(5, (3, 2))
+    params = random_params(machine, 0, 1.0, 1.0)
+    top, layers = machine.generative_weights(params)
+    assert top.dtype == np.float64 and top.shape == (2,)
+    assert [(w.shape, b.shape) for w, b in layers] == [((5, 3), (5,)), ((3, 2), (3,))]
+    assert all(w.dtype == b.dtype == np.float64 for w, b in layers)
+    weight = params["helmholtz_generative.layers.0.weight"]
+    np.testing.assert_array_equal(layers[0][0], np.asarray(weight, dtype=np.float64))
+    with pytest.raises(KeyError, match="other_generative"):
+        HelmholtzMachine(5, (3, 2), name="other").generative_weights(params)
+
+
+@pytest.mark.slow
+def test_exact_likelihood_of_generative_weights_equals_the_importance_estimate():
+    # 3-2 hidden units above 6 pixels, generative weights large enough that a wrong layout
+    # or a wrong layer order would move log p(x) by far more than the Monte Carlo error; a
+    # diffuse guide keeps the importance weights' variance small
+    machine = HelmholtzMachine(6, (3, 2))
+    params = random_params(machine, 1, 1.5, 0.5)
+    x = all_images(6)[::5]  # 13 images
+    exact = helmholtz_log_marginal(x, *machine.generative_weights(params))
+    num_particles = 40_000
+    log_w = importance_log_weights(
+        machine.model, machine.guide, params, jnp.asarray(x, jnp.float32),
+        rng_key=random.PRNGKey(2), num_particles=num_particles, chunk_size=10_000,
+    )  # fmt: skip
+    assert log_w.shape == (num_particles, len(x))
+    log_w = np.asarray(log_w, dtype=np.float64)
+    w = np.exp(log_w - log_w.max(axis=0))
+    estimate = np.log(w.mean(axis=0)) + log_w.max(axis=0)
+    relative_se = w.std(axis=0) / w.mean(axis=0) / np.sqrt(num_particles)
+    assert np.all(relative_se < 0.05), relative_se
+    np.testing.assert_array_less(np.abs(estimate - exact), 5 * relative_se + 1e-4)
+    # the running log-sum-exp over chunks gives the same estimate from the same draws
+    running = importance_log_likelihood(
+        machine.model, machine.guide, params, jnp.asarray(x, jnp.float32),
+        rng_key=random.PRNGKey(2), num_particles=num_particles, chunk_size=10_000,
+    )  # fmt: skip
+    assert running.shape == (len(x),)
+    np.testing.assert_allclose(np.asarray(running), estimate, atol=2e-4)
+
+
+def test_importance_log_likelihood_validates_its_counts():
+    machine = HelmholtzMachine(4, (2,))
+    params = random_params(machine, 0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        importance_log_likelihood(
+            machine.model, machine.guide, params, jnp.zeros((3, 4)),
+            rng_key=random.PRNGKey(0), num_particles=10, chunk_size=0,
+        )  # fmt: skip
+
+
+def test_samples_are_binary_uint8_of_the_requested_shape():
+    machine = HelmholtzMachine(7, (3,))
+    params = random_params(machine, 0, 1.0, 1.0)
+    samples = machine.sample(params, random.PRNGKey(1), 25)
+    assert isinstance(samples, jax.Array)
+    assert samples.dtype == jnp.uint8 and samples.shape == (25, 7)
+    assert set(np.unique(np.asarray(samples))) <= {0, 1}
+    again = machine.sample(params, random.PRNGKey(1), 25)
+    assert np.array_equal(np.asarray(samples), np.asarray(again))  # the key decides
+    with pytest.raises(ValueError, match="num_samples"):
+        machine.sample(params, random.PRNGKey(1), 0)
+
+
+def test_samples_follow_the_exact_marginal_of_the_generative_model():
+    machine = HelmholtzMachine(5, (3, 2))
+    params = random_params(machine, 3, 1.5, 1.0)
+    images = all_images(5)
+    p_x = np.exp(helmholtz_log_marginal(images, *machine.generative_weights(params)))
+    assert abs(p_x.sum() - 1.0) < 1e-9
+    num_samples = 100_000
+    samples = np.asarray(machine.sample(params, random.PRNGKey(4), num_samples), dtype=np.float64)
+
+    # pixel means: each a binomial proportion, sd sqrt(p (1 - p) / S)
+    pixel_p = p_x @ images
+    sd = np.sqrt(pixel_p * (1 - pixel_p) / num_samples)
+    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - pixel_p), 5 * sd)
+
+    # the 32 image frequencies: multinomial counts against the exact p(x), chi-square test
+    index = samples @ (2 ** np.arange(4, -1, -1))  # row order of all_images
+    counts = np.bincount(index.astype(np.int64), minlength=len(images))
+    expected = num_samples * p_x
+    rare = expected < 5  # pooled into one cell, so that the chi-square approximation holds
+    if rare.any():
+        counts = np.append(counts[~rare], counts[rare].sum())
+        expected = np.append(expected[~rare], expected[rare].sum())
+    chi2 = np.sum((counts - expected) ** 2 / expected)
+    assert chi2 < stats.chi2.ppf(0.9999, df=len(counts) - 1), chi2
