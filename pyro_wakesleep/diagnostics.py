@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.runtime import Message
 from pyro.poutine.trace_struct import Trace
@@ -31,19 +30,16 @@ from pyro.poutine.util import site_is_subsample
 from wakesleep.inference_data import build_inference_data, importance_resample
 
 from .traces import (
-    DREAM_PLATE,
-    PARTICLE_PLATE,
+    OWN_PLATES,
     data_plates,
     guess_plate_nesting,
-    importance_traces,
+    importance_chunks,
     observed_values,
     sample_sites,
 )
 
 __all__ = ["importance_resample", "to_inference_data"]
 
-#: The plates this package adds around model and guide; never data dimensions.
-_OWN_PLATES = frozenset({PARTICLE_PLATE, DREAM_PLATE})
 
 
 def _check_arguments(num_samples: Any, chunk_size: Any, max_plate_nesting: Any) -> None:
@@ -61,16 +57,6 @@ def _check_arguments(num_samples: Any, chunk_size: Any, max_plate_nesting: Any) 
             "max_plate_nesting must be a non-negative integer (the model's own plates) or "
             f"float('inf') to guess it, got {max_plate_nesting!r}."
         )
-
-
-def _mini_batch(*traces: Trace) -> Trace:
-    """The plates' sub-sampling sites, to replay one mini-batch in every chunk of draws."""
-    kept = Trace()
-    for trace in traces:
-        for name, site in trace.nodes.items():
-            if site_is_subsample(site) and name not in _OWN_PLATES and name not in kept:
-                kept.add_node(name, **site)
-    return kept
 
 
 def _to_numpy(value: torch.Tensor, site: Message) -> np.ndarray:
@@ -102,7 +88,7 @@ def _latent_axes(
     plates = {
         frame.dim: frame.name
         for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name not in _OWN_PLATES
+        if frame.vectorized and frame.name not in OWN_PLATES
     }
     names: list[str] = ["draw"]
     index: list[int | slice] = [slice(None)]
@@ -129,7 +115,7 @@ def _observed_axes(name: str, site: Message, value: torch.Tensor) -> list[str]:
     plates = {
         frame.dim: frame
         for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name not in _OWN_PLATES
+        if frame.vectorized and frame.name not in OWN_PLATES
     }
     names, extra = [], 0
     for axis in range(value.dim()):
@@ -191,8 +177,6 @@ def to_inference_data(
         plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
     else:
         plate_nesting = int(max_plate_nesting)
-    step = 1 if not vectorize else (chunk_size or num_samples)
-    sizes = [min(step, num_samples - start) for start in range(0, num_samples, step)]
 
     log_weights: list[np.ndarray] = []
     latents: dict[str, list[np.ndarray]] = {}
@@ -200,24 +184,20 @@ def to_inference_data(
     first: tuple[Trace, Trace] | None = None
     weight_axes: list[int] = []
     weight_dims: list[str] = []
-    run_model, run_guide = model, guide
     with torch.no_grad():
-        for size in sizes:
-            wake = importance_traces(
-                run_model,
-                run_guide,
-                args,
-                kwargs,
-                num_particles=size,
-                plate_nesting=plate_nesting,
-                vectorize=vectorize,
-            )
+        for wake in importance_chunks(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=num_samples,
+            # sequential runs keep the traces of their first particle only: one draw a chunk
+            chunk_size=(chunk_size or num_samples) if vectorize else 1,
+            plate_nesting=plate_nesting,
+            vectorize=vectorize,
+        ):
             if first is None:
                 first = (wake.model_trace, wake.guide_trace)
-                batch = _mini_batch(wake.guide_trace, wake.model_trace)
-                if len(batch.nodes):  # later chunks see the same mini-batch
-                    run_model = poutine.replay(model, trace=batch)
-                    run_guide = poutine.replay(guide, trace=batch)
                 frames = sorted(data_plates(*first).values(), key=lambda frame: frame.dim)
                 weight_axes = [frame.dim for frame in frames]
                 weight_dims = [frame.name for frame in frames]
@@ -243,7 +223,7 @@ def to_inference_data(
     for trace in (first_guide, first_model):
         for _, site in sample_sites(trace):
             for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.name not in _OWN_PLATES:
+                if frame.vectorized and frame.name not in OWN_PLATES:
                     coords.setdefault(frame.name, _plate_coords(trace, frame))
     return build_inference_data(
         posterior,

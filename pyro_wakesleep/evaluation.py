@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .traces import guess_plate_nesting, importance_traces
+from .traces import guess_plate_nesting, importance_chunks
 
 __all__ = ["importance_log_likelihood", "importance_log_weights"]
 
@@ -33,24 +33,19 @@ def _log_weight_chunks(
     max_plate_nesting: float,
 ) -> Iterator[Tensor]:
     """Per-datapoint log-weights ``(chunk, *datapoints)``, ``chunk_size`` particles at a time."""
-    if num_particles < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
-        )
     if max_plate_nesting == math.inf:
         plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
     else:
         plate_nesting = int(max_plate_nesting)
-    for start in range(0, num_particles, chunk_size):
-        wake = importance_traces(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=min(chunk_size, num_particles - start),
-            plate_nesting=plate_nesting,
-            vectorize=True,
-        )
+    for wake in importance_chunks(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        chunk_size=chunk_size,
+        plate_nesting=plate_nesting,
+    ):
         log_weights = wake.log_weights
         yield log_weights.reshape((len(log_weights), *wake.per_datapoint(log_weights[0]).shape))
 

@@ -19,7 +19,7 @@ datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -43,6 +43,7 @@ __all__ = [
     "check_model_guide_match",
     "data_plates",
     "guess_plate_nesting",
+    "importance_chunks",
     "importance_traces",
     "log_density",
     "observed_values",
@@ -55,7 +56,7 @@ __all__ = [
 #: Names of the plates this package adds; they are never data plates.
 PARTICLE_PLATE = "wakesleep_particles"
 DREAM_PLATE = "wakesleep_dreams"
-_OWN_PLATES = frozenset({PARTICLE_PLATE, DREAM_PLATE})
+OWN_PLATES = frozenset({PARTICLE_PLATE, DREAM_PLATE})
 
 
 class DetachSamples(Messenger):
@@ -114,7 +115,7 @@ def data_plates(*traces: Trace) -> dict[str, CondIndepStackFrame]:
             frames = {
                 frame.name: frame
                 for frame in site["cond_indep_stack"]
-                if frame.vectorized and frame.name not in _OWN_PLATES
+                if frame.vectorized and frame.name not in OWN_PLATES
             }
             common = frames if common is None else {n: f for n, f in common.items() if n in frames}
     return common or {}
@@ -126,7 +127,7 @@ def plate_sizes(trace: Trace) -> dict[str, int]:
         frame.name: frame.size
         for _, site in sample_sites(trace)
         for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name not in _OWN_PLATES
+        if frame.vectorized and frame.name not in OWN_PLATES
     }
 
 
@@ -230,11 +231,11 @@ def _run_guide_and_model(
 
 
 def _mini_batch(*traces: Trace) -> Trace:
-    """The plate sub-sampling sites of the traces, to replay one mini-batch across particles."""
+    """The model's plate sub-sampling sites, to replay one mini-batch across particles."""
     kept = Trace()
     for trace in traces:
         for name, site in trace.nodes.items():
-            if site_is_subsample(site) and name not in kept:
+            if site_is_subsample(site) and name not in OWN_PLATES and name not in kept:
                 kept.add_node(name, **site)
     return kept
 
@@ -308,3 +309,41 @@ def importance_traces(
         log_p = torch.stack([p for p, _ in pairs])
         log_q = torch.stack([q for _, q in pairs])
     return ImportanceTraces(log_p, log_q, data_scale, plates, model_trace, guide_trace)
+
+
+def importance_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    chunk_size: int,
+    plate_nesting: int,
+    vectorize: bool = True,
+) -> Iterator[ImportanceTraces]:
+    """:func:`importance_traces` for ``num_particles`` particles, ``chunk_size`` at a time.
+
+    Memory stays bounded however many particles are drawn, and every chunk replays the
+    first chunk's plate sub-sampling, so all particles score the same mini-batch.
+    """
+    if num_particles < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
+        )
+    for start in range(0, num_particles, chunk_size):
+        wake = importance_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=min(chunk_size, num_particles - start),
+            plate_nesting=plate_nesting,
+            vectorize=vectorize,
+        )
+        if start == 0:
+            same_batch = _mini_batch(wake.guide_trace, wake.model_trace)
+            if same_batch.nodes:
+                model = poutine.replay(model, trace=same_batch)
+                guide = poutine.replay(guide, trace=same_batch)
+        yield wake
