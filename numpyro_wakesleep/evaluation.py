@@ -29,7 +29,7 @@ import numpy as np
 from jax import Array, random
 from jax.scipy.special import logsumexp
 
-from .traces import importance_traces
+from .traces import importance_traces, run_guide_and_model, subsample_indices
 
 __all__ = ["importance_log_likelihood", "importance_log_weights"]
 
@@ -122,6 +122,11 @@ def _log_weight_chunks(
         )
     if max_plate_nesting != math.inf:
         max_plate_nesting = int(max_plate_nesting)
+    # One mini-batch for every chunk: its plate indices, drawn once, are substituted like
+    # parameters (each chunk's own probe pass would otherwise draw a mini-batch of its own).
+    probe_key, rng_key = random.split(rng_key)
+    model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, probe_key)
+    params = {**params, **subsample_indices(guide_trace, model_trace)}
     structure, arrays = _split_arguments(args, kwargs)
     chunk = _chunk_function(model, guide, structure)
     starts = range(0, num_particles, chunk_size)
