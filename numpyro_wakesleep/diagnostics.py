@@ -32,6 +32,7 @@ import numpy as np
 import numpyro
 from jax import Array, random
 
+from wakesleep.contract import check_draw_arguments
 from wakesleep.inference_data import build_inference_data, importance_resample
 
 from .traces import (
@@ -58,22 +59,7 @@ def _check_arguments(
             f"svi.get_params(state) or svi_result.params), got {type(params).__name__}. The "
             "model's arguments follow it: to_inference_data(model, guide, params, x, ...)."
         )
-    for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
-        if name == "chunk_size" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if max_plate_nesting != math.inf and (
-        isinstance(max_plate_nesting, bool)
-        or not isinstance(max_plate_nesting, numbers.Integral)
-        or max_plate_nesting < 0
-    ):
-        raise ValueError(
-            "max_plate_nesting must be a non-negative integer (the model's own plates) or "
-            f"float('inf') to guess it, got {max_plate_nesting!r}."
-        )
-    if not isinstance(vectorize, bool):
-        raise ValueError(f"vectorize must be True or False, got {vectorize!r}.")
+    check_draw_arguments(num_samples, chunk_size, max_plate_nesting, vectorize)
 
 
 def _as_key(rng_key: Any) -> Array:

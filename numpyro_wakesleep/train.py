@@ -47,7 +47,6 @@ __all__ = ["main", "train"]
 BACKEND = "numpyro_wakesleep"
 CHECKPOINT = "checkpoint.pkl"
 #: The run's settings that a resumed run must share with the checkpoint.
-_RUN_KEYS = ("dataset", "algorithm", "layers", "particles", "batch_size", "lr", "seed")
 #: Losses are fetched from the device (and the progress bar updated) every this many steps.
 LOG_EVERY = 50
 
@@ -89,7 +88,7 @@ def _checkpoint_state(
         "step": step,
         "seconds": seconds,
         "curve": curve,
-        "run": {key: getattr(args, key) for key in _RUN_KEYS},
+        "run": cli.run_settings(args),
         "params": _as_numpy(params),  # unconstrained, by name
         "optim_step": _as_numpy(optim_step),
         "optim": _as_numpy(jax.tree.leaves(optim_state)),  # the Optax state's leaves, in order
@@ -104,18 +103,9 @@ def _save_checkpoint(out: Path, state: dict) -> None:
 
 
 def _load_checkpoint(out: Path, args: argparse.Namespace) -> dict:
-    path = out / CHECKPOINT
-    if not path.exists():
-        raise SystemExit(f"error: --resume: there is no {CHECKPOINT} in {out} to resume from.")
-    with path.open("rb") as handle:
+    with (out / CHECKPOINT).open("rb") as handle:
         state = pickle.load(handle)
-    run = {key: getattr(args, key) for key in _RUN_KEYS}
-    differing = {k: (state["run"][k], run[k]) for k in _RUN_KEYS if state["run"][k] != run[k]}
-    if differing:
-        details = ", ".join(
-            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differing.items()
-        )
-        raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
+    cli.check_resume(state["run"], args)
     return state
 
 
@@ -193,13 +183,7 @@ def _diagnostics(
 def train(args: argparse.Namespace) -> dict:
     """Run the job described by parsed, default-resolved ``args``; return the metrics."""
     device = _device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / CHECKPOINT).exists() and not args.resume:
-        raise SystemExit(
-            f"error: {out} already holds a {CHECKPOINT}; pass --resume to continue it, or "
-            "choose another --out so that it is not overwritten."
-        )
+    out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
     data: BinaryDataset = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
     with jax.default_device(device):
         return _train_on_device(args, data, out)

@@ -16,7 +16,6 @@ module imports ArviZ; ``import pyro_wakesleep`` alone does not.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from pyro.poutine.runtime import Message
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from wakesleep.contract import check_draw_arguments
 from wakesleep.inference_data import build_inference_data, importance_resample
 
 from .traces import (
@@ -39,24 +39,6 @@ from .traces import (
 )
 
 __all__ = ["importance_resample", "to_inference_data"]
-
-
-
-def _check_arguments(num_samples: Any, chunk_size: Any, max_plate_nesting: Any) -> None:
-    for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
-        if name == "chunk_size" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if max_plate_nesting != math.inf and (
-        isinstance(max_plate_nesting, bool)
-        or not isinstance(max_plate_nesting, numbers.Integral)
-        or max_plate_nesting < 0
-    ):
-        raise ValueError(
-            "max_plate_nesting must be a non-negative integer (the model's own plates) or "
-            f"float('inf') to guess it, got {max_plate_nesting!r}."
-        )
 
 
 def _to_numpy(value: torch.Tensor, site: Message) -> np.ndarray:
@@ -172,7 +154,7 @@ def to_inference_data(
         ValueError: on invalid arguments, a model/guide mismatch, or a datapoint whose
             draws all have weight zero.
     """
-    _check_arguments(num_samples, chunk_size, max_plate_nesting)
+    check_draw_arguments(num_samples, chunk_size, max_plate_nesting, vectorize)
     if max_plate_nesting == math.inf:
         plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
     else:

@@ -35,8 +35,6 @@ __all__ = ["main", "train"]
 
 BACKEND = "pyro_wakesleep"
 CHECKPOINT = "checkpoint.pt"
-#: The run's settings that a resumed run must share with the checkpoint.
-_RUN_KEYS = ("dataset", "algorithm", "layers", "particles", "batch_size", "lr", "seed")
 
 
 def _device(name: str) -> torch.device:
@@ -59,7 +57,7 @@ def _checkpoint_state(step: int, seconds: float, curve: list[float], batches, sv
         "step": step,
         "seconds": seconds,
         "curve": curve,
-        "run": {key: getattr(args, key) for key in _RUN_KEYS},
+        "run": cli.run_settings(args),
         "params": pyro.get_param_store().get_state(),
         "optim": svi.optim.get_state(),
         "rng": pyro.util.get_rng_state(),
@@ -75,19 +73,10 @@ def _save_checkpoint(out: Path, state: dict) -> None:
 
 
 def _load_checkpoint(out: Path, args: argparse.Namespace, device: torch.device) -> dict:
-    path = out / CHECKPOINT
-    if not path.exists():
-        raise SystemExit(f"error: --resume: there is no {CHECKPOINT} in {out} to resume from.")
     # Random-number generator states must stay on the host; parameters move to the device.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    cli.check_resume(state["run"], args)
     state["params"]["params"] = {k: v.to(device) for k, v in state["params"]["params"].items()}
-    run = {key: getattr(args, key) for key in _RUN_KEYS}
-    differing = {k: (state["run"][k], run[k]) for k in _RUN_KEYS if state["run"][k] != run[k]}
-    if differing:
-        details = ", ".join(
-            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differing.items()
-        )
-        raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
     return state
 
 
@@ -128,13 +117,7 @@ def _diagnostics(machine: HelmholtzMachine, images: torch.Tensor, out: Path) -> 
 def train(args: argparse.Namespace) -> dict:
     """Run the job described by parsed, default-resolved ``args``; return the metrics."""
     device = _device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / CHECKPOINT).exists() and not args.resume:
-        raise SystemExit(
-            f"error: {out} already holds a {CHECKPOINT}; pass --resume to continue it, or "
-            "choose another --out so that it is not overwritten."
-        )
+    out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
     data: BinaryDataset = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
     train_x = torch.as_tensor(data.train, dtype=torch.float32, device=device)
     test_x = torch.as_tensor(data.test, dtype=torch.float32, device=device)

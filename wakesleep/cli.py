@@ -30,13 +30,17 @@ __all__ = [
     "DATASET_DEFAULTS",
     "DEFAULT_NUM_SAMPLES",
     "add_train_arguments",
+    "RUN_KEYS",
     "build_parser",
+    "check_resume",
     "layers_type",
     "non_negative_int",
     "parse_train_args",
     "positive_float",
     "positive_int",
+    "prepare_out_dir",
     "resolve_defaults",
+    "run_settings",
 ]
 
 #: Data-set-dependent defaults of the ``train`` flags (argparse ``dest`` names).
@@ -260,3 +264,38 @@ def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argpars
     """
     args = build_parser(backend).parse_args(None if argv is None else list(argv))
     return resolve_defaults(args)
+
+
+#: The settings a resumed run must share with its checkpoint.
+RUN_KEYS = ("dataset", "algorithm", "layers", "particles", "batch_size", "lr", "seed")
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings of ``args`` that a checkpoint records (:data:`RUN_KEYS`)."""
+    return {key: getattr(args, key) for key in RUN_KEYS}
+
+
+def check_resume(saved: dict[str, object], args: argparse.Namespace) -> None:
+    """Exit with a message naming every setting where ``args`` differ from a checkpoint's."""
+    now = run_settings(args)
+    differing = {k: (saved.get(k), now[k]) for k in RUN_KEYS if saved.get(k) != now[k]}
+    if differing:
+        details = ", ".join(
+            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differing.items()
+        )
+        raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
+
+
+def prepare_out_dir(out: Path, checkpoint: str, resume: bool) -> Path:
+    """Create ``--out``; refuse to overwrite an existing checkpoint unless resuming, or to
+    resume without one. Nothing the user has is replaced by a fresh run."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / checkpoint).exists() and not resume:
+        raise SystemExit(
+            f"error: {out} already holds a {checkpoint}; pass --resume to continue it, or "
+            "choose another --out so that it is not overwritten."
+        )
+    if resume and not (out / checkpoint).exists():
+        raise SystemExit(f"error: --resume: there is no {checkpoint} in {out} to resume from.")
+    return out

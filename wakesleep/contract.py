@@ -21,6 +21,7 @@ __all__ = [
     "ModelGuideMismatchError",
     "NonFiniteLossWarning",
     "Phase",
+    "check_draw_arguments",
     "check_objective_arguments",
     "check_site_match",
     "route_dreams",
@@ -56,6 +57,30 @@ def _check_count(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_plate_nesting(max_plate_nesting: object) -> None:
+    if max_plate_nesting != math.inf and (
+        isinstance(max_plate_nesting, bool)
+        or not isinstance(max_plate_nesting, numbers.Integral)
+        or max_plate_nesting < 0
+    ):
+        raise ValueError(
+            "max_plate_nesting must be a non-negative integer (the model's own plates, not "
+            f"counting particles) or float('inf') to guess it, got {max_plate_nesting!r}."
+        )
+
+
+def check_draw_arguments(
+    num_samples: object, chunk_size: object, max_plate_nesting: object, vectorize: object
+) -> None:
+    """Raise ``ValueError`` naming the first invalid argument of ``to_inference_data``."""
+    _check_count("num_samples", num_samples)
+    if chunk_size is not None:
+        _check_count("chunk_size", chunk_size)
+    _check_plate_nesting(max_plate_nesting)
+    if not isinstance(vectorize, bool):
+        raise ValueError(f"vectorize must be True or False, got {vectorize!r}.")
+
+
 def check_objective_arguments(
     num_particles: object,
     insomnia: object,
@@ -80,15 +105,7 @@ def check_objective_arguments(
         )
     if not isinstance(vectorize_particles, bool):
         raise ValueError(f"vectorize_particles must be True or False, got {vectorize_particles!r}.")
-    if max_plate_nesting != math.inf and (
-        isinstance(max_plate_nesting, bool)
-        or not isinstance(max_plate_nesting, numbers.Integral)
-        or max_plate_nesting < 0
-    ):
-        raise ValueError(
-            "max_plate_nesting must be a non-negative integer (the model's own plates, not "
-            f"counting particles) or float('inf') to guess it, got {max_plate_nesting!r}."
-        )
+    _check_plate_nesting(max_plate_nesting)
     if not (alternate is False or alternate is True or alternate in ("model_first", "guide_first")):
         raise ValueError(
             "alternate must be False (update model and guide together), True or 'model_first' "
