@@ -293,6 +293,12 @@ KHAT_UNRELIABLE = 0.7
 KHAT_GOOD = 0.5
 
 
+def _quantiles(values: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """``np.quantile`` that lets an infinite k̂ through without numpy's inf − inf warning."""
+    with np.errstate(invalid="ignore"):
+        return np.quantile(values, levels)
+
+
 def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) -> dict[str, Any]:
     """Write ``diagnostics.json`` and ``khat.png``: how far to trust the learned guide.
 
@@ -314,7 +320,7 @@ def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) 
         # JSON has no infinity: a quantile that falls on k̂ = inf is written as null
         "khat_quantiles": {
             f"{q:g}": (float(v) if np.isfinite(v) else None)
-            for q, v in zip(levels, np.quantile(k, levels), strict=True)
+            for q, v in zip(levels, _quantiles(k, levels), strict=True)
         },
         "fraction_khat_above_0.5": float(np.mean(k > KHAT_GOOD)),
         "fraction_khat_above_0.7": float(np.mean(k > KHAT_UNRELIABLE)),
