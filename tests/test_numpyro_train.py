@@ -302,3 +302,23 @@ def test_every_chunk_of_the_importance_estimate_scores_the_same_mini_batch():
     log_px = np.asarray(dist.Normal(0.0, np.sqrt(2.0)).log_prob(data))
     matches = [np.flatnonzero(np.abs(log_px - e) < 1e-5) for e in np.asarray(estimate)]
     assert all(len(m) >= 1 for m in matches), (estimate, log_px)
+
+
+def test_machine_bernoulli_scores_like_numpyro_with_the_right_gradient_at_zero_logits():
+    # The machine's Bernoulli sites: NumPyro's log-probabilities and support check, and the
+    # gradient value - sigmoid(logits) everywhere, also at logits exactly 0 (where the prior
+    # logits start), where NumPyro's own Bernoulli(logits=...) is off by 1/2.
+    import numpyro
+    import numpyro.distributions as dist
+
+    from numpyro_wakesleep.helmholtz import _Bernoulli
+
+    logits = jnp.array([0.0, 1.5, -2.0, 30.0, -30.0])
+    for value in (jnp.array([1, 0, 1, 0, 1]), jnp.array([0, 1, 0, 1, 0])):
+        expected = dist.Bernoulli(logits=logits).log_prob(value)
+        np.testing.assert_allclose(_Bernoulli(logits).log_prob(value), expected, rtol=1e-6)
+        grad = jax.grad(lambda lg, v=value: _Bernoulli(lg).log_prob(v).sum())(logits)
+        np.testing.assert_allclose(grad, value - jax.nn.sigmoid(logits), rtol=1e-6, atol=1e-7)
+    with numpyro.validation_enabled(True), pytest.warns(UserWarning, match="Out-of-support"):
+        out_of_support = _Bernoulli(jnp.zeros(2)).log_prob(jnp.array([0.5, 2.0]))
+    assert np.all(np.isneginf(out_of_support))
