@@ -17,7 +17,6 @@ for the device at every step.
 from __future__ import annotations
 
 import argparse
-import math
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -241,23 +240,18 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
     params = svi.get_params(svi_state)
     nll_train_key, nll_test_key, sample_key, diagnostics_key = random.split(eval_key, 4)
     exact = helmholtz_enumerable(args.layers)
-    metrics = {
-        "backend": BACKEND,
-        "dataset": args.dataset,
-        "algorithm": args.algorithm,
-        "layers": list(args.layers),
-        "particles": args.particles,
-        "steps": args.steps,
-        "seconds": round(seconds, 3),
-        "train_nll_nats": _nll(machine, params, train_x, exact, nll_train_key),
-        "test_nll_nats": _nll(machine, params, test_x, exact, nll_test_key),
-        "nll_method": "exact" if exact else "importance-5000",
-    }
-    if args.dataset == "bars":
-        # exact KL needs the hidden layers enumerated; too large a machine reports null
-        metrics["kl_bits"] = (
-            float(bars_kl_bits(*machine.generative_weights(params))) if exact else None
-        )
+    bars_kl = None
+    if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
+        bars_kl = float(bars_kl_bits(*machine.generative_weights(params)))
+    metrics = outputs.run_metrics(
+        BACKEND,
+        args,
+        seconds,
+        _nll(machine, params, train_x, exact, nll_train_key),
+        _nll(machine, params, test_x, exact, nll_test_key),
+        exact,
+        bars_kl,
+    )
     outputs.write_metrics(out, metrics)
     samples = machine.sample(params, sample_key, args.num_samples)
     outputs.save_samples(out, np.asarray(samples), data.image_shape)
@@ -269,9 +263,5 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.resolve_defaults(cli.parse_train_args(BACKEND, argv))
     metrics = train(args)
-    summary = ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
-        for k, v in metrics.items()
-    )
-    print(summary)
+    print(outputs.summary_line(metrics))
     return metrics

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,21 +155,18 @@ def train(args: argparse.Namespace) -> dict:
     seconds += time.perf_counter() - began
 
     exact = helmholtz_enumerable(args.layers)
-    metrics = {
-        "backend": BACKEND,
-        "dataset": args.dataset,
-        "algorithm": args.algorithm,
-        "layers": list(args.layers),
-        "particles": args.particles,
-        "steps": args.steps,
-        "seconds": round(seconds, 3),
-        "train_nll_nats": _nll(machine, train_x, exact),
-        "test_nll_nats": _nll(machine, test_x, exact),
-        "nll_method": "exact" if exact else "importance-5000",
-    }
-    if args.dataset == "bars":
-        # exact KL needs the hidden layers enumerated; too large a machine reports null
-        metrics["kl_bits"] = float(bars_kl_bits(*machine.generative_weights())) if exact else None
+    bars_kl = None
+    if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
+        bars_kl = float(bars_kl_bits(*machine.generative_weights()))
+    metrics = outputs.run_metrics(
+        BACKEND,
+        args,
+        seconds,
+        _nll(machine, train_x, exact),
+        _nll(machine, test_x, exact),
+        exact,
+        bars_kl,
+    )
     outputs.write_metrics(out, metrics)
     outputs.save_samples(out, machine.sample(args.num_samples).cpu().numpy(), data.image_shape)
     outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
@@ -181,9 +177,5 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.resolve_defaults(cli.parse_train_args(BACKEND, argv))
     metrics = train(args)
-    summary = ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
-        for k, v in metrics.items()
-    )
-    print(summary)
+    print(outputs.summary_line(metrics))
     return metrics

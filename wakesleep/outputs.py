@@ -32,7 +32,9 @@ __all__ = [
     "atomic_write_bytes",
     "save_curve",
     "save_diagnostics",
+    "run_metrics",
     "save_samples",
+    "summary_line",
     "write_json",
     "write_metrics",
 ]
@@ -340,3 +342,42 @@ def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) 
     figure.tight_layout()
     _save_figure(figure, Path(out_dir) / "khat.png")
     return summary
+
+
+def run_metrics(
+    backend: str,
+    args: Any,
+    seconds: float,
+    train_nll: float,
+    test_nll: float,
+    exact: bool,
+    kl_bits: float | None = None,
+) -> dict[str, Any]:
+    """The ``metrics.json`` record of a trainer run (DESIGN.md §3), the same for both backends.
+
+    ``kl_bits`` is added for ``bars`` only (``None``, written as null, when the machine is too
+    large to enumerate).
+    """
+    metrics: dict[str, Any] = {
+        "backend": backend,
+        "dataset": args.dataset,
+        "algorithm": args.algorithm,
+        "layers": list(args.layers),
+        "particles": args.particles,
+        "steps": args.steps,
+        "seconds": round(seconds, 3),
+        "train_nll_nats": float(train_nll),
+        "test_nll_nats": float(test_nll),
+        "nll_method": "exact" if exact else "importance-5000",
+    }
+    if args.dataset == "bars":
+        metrics["kl_bits"] = kl_bits
+    return metrics
+
+
+def summary_line(metrics: Mapping[str, Any]) -> str:
+    """``key=value, ...`` of a metrics record, floats to 4 significant digits."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
+        for k, v in metrics.items()
+    )
