@@ -12,8 +12,9 @@ Recognition (bottom-up)::
 
 ``model`` and ``guide`` are ordinary NumPyro programs over a ``(batch, D)`` array
 ``x``; any objective of this package trains them. Batch dimensions are read
-from the right. Parameters are ``numpyro.param`` sites, initialised like
-``torch.nn.Linear`` (uniform in ``±1/sqrt(fan_in)``) and the top logits at zero.
+from the right. Parameters are ``numpyro.param`` sites whose starting values are drawn
+as :func:`wakesleep.initialisation.helmholtz_inits` says (``init="default"``: like
+``torch.nn.Linear``, top logits at zero; ``init="sparse"``: for sparse images of parts).
 
 Parameter values live outside the machine (in the SVI state), so the helpers that read
 them take the constrained parameter dictionary, ``svi.get_params(state)``:
@@ -23,8 +24,7 @@ them take the constrained parameter dictionary, ``svi.get_params(state)``:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from numbers import Integral
 
@@ -35,6 +35,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax import Array, random
 from numpyro import handlers
+
+from wakesleep.initialisation import Uniform, helmholtz_inits
 
 __all__ = ["HelmholtzMachine"]
 
@@ -65,16 +67,9 @@ class _Bernoulli(dist.BernoulliLogits):
         return log_prob
 
 
-def _uniform_init(shape: tuple[int, ...], fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-    return lambda key: random.uniform(key, shape, minval=-bound, maxval=bound)
-
-
-def _linear(prefix: str, fan_in: int, fan_out: int, h: Array) -> Array:
-    """``h @ W.T + b`` with ``W`` of shape ``(fan_out, fan_in)``, as ``torch.nn.Linear``."""
-    weight = numpyro.param(f"{prefix}.weight", _uniform_init((fan_out, fan_in), fan_in))
-    bias = numpyro.param(f"{prefix}.bias", _uniform_init((fan_out,), fan_in))
-    return h @ weight.T + bias
+def _draw(start: Uniform, shape: tuple[int, ...]) -> Callable[[Array], Array]:
+    """The ``numpyro.param`` initialiser that draws ``shape`` values from ``start``."""
+    return lambda key: random.uniform(key, shape, minval=start.low, maxval=start.high)
 
 
 class HelmholtzMachine:
@@ -86,9 +81,17 @@ class HelmholtzMachine:
     :param name: prefix of the parameter names. Model and guide use disjoint names
         (``{name}_generative.*`` and ``{name}_recognition.*``), so that each phase of an
         alternating schedule touches only its own parameters.
+    :param init: how parameters start, ``"default"`` or ``"sparse"``
+        (:mod:`wakesleep.initialisation`).
     """
 
-    def __init__(self, num_visible: int, hidden: Sequence[int], name: str = "helmholtz") -> None:
+    def __init__(
+        self,
+        num_visible: int,
+        hidden: Sequence[int],
+        name: str = "helmholtz",
+        init: str = "default",
+    ) -> None:
         if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
             raise ValueError(
                 f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
@@ -97,7 +100,18 @@ class HelmholtzMachine:
         self.num_visible = num_visible
         self.hidden = tuple(int(h) for h in hidden)
         self.name = name
+        self.init = init
         self._sizes = (num_visible, *self.hidden)
+        self._inits = helmholtz_inits(num_visible, self.hidden, init)
+
+    def _param(self, relative: str, shape: tuple[int, ...]) -> Array:
+        """The parameter ``{name}_{relative}``, drawn from its start on first use."""
+        return numpyro.param(f"{self.name}_{relative}", _draw(self._inits[relative], shape))
+
+    def _linear(self, relative: str, fan_in: int, fan_out: int, h: Array) -> Array:
+        """``h @ W.T + b`` with ``W`` of shape ``(fan_out, fan_in)``, as ``torch.nn.Linear``."""
+        weight = self._param(f"{relative}.weight", (fan_out, fan_in))
+        return h @ weight.T + self._param(f"{relative}.bias", (fan_out,))
 
     def _plate(self, x: Array, num_data: int | None) -> numpyro.plate:
         """The data plate over ``x.shape[-2]``; of size ``num_data`` (scaled by ``N/B``) when given.
@@ -112,14 +126,15 @@ class HelmholtzMachine:
 
     def model(self, x: Array, num_data: int | None = None) -> None:
         """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
-        prefix = f"{self.name}_generative"
         sizes, depth = self._sizes, len(self.hidden)
-        top_logits = numpyro.param(f"{prefix}.top_logits", jnp.zeros(sizes[-1]))
+        top_logits = self._param("generative.top_logits", (sizes[-1],))
         with self._plate(x, num_data):
             h = numpyro.sample(f"h{depth}", _Bernoulli(top_logits).to_event(1))
             # layers.{i} maps layer i+1 to layer i (0 = visible)
             for layer in range(depth - 1, -1, -1):
-                logits = _linear(f"{prefix}.layers.{layer}", sizes[layer + 1], sizes[layer], h)
+                logits = self._linear(
+                    f"generative.layers.{layer}", sizes[layer + 1], sizes[layer], h
+                )
                 if layer == 0:
                     numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
                 else:
@@ -127,12 +142,11 @@ class HelmholtzMachine:
 
     def guide(self, x: Array, num_data: int | None = None) -> None:
         """``q(h | x)``, bottom-up."""
-        prefix = f"{self.name}_recognition"
         sizes = self._sizes
         with self._plate(x, num_data):
             h = x
             for layer in range(1, len(sizes)):
-                logits = _linear(f"{prefix}.{layer - 1}", sizes[layer - 1], sizes[layer], h)
+                logits = self._linear(f"recognition.{layer - 1}", sizes[layer - 1], sizes[layer], h)
                 h = numpyro.sample(f"h{layer}", _Bernoulli(logits).to_event(1))
 
     def generative_weights(

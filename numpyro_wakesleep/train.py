@@ -33,7 +33,7 @@ from numpyro.infer import SVI
 from numpyro.infer.svi import SVIState
 from tqdm.auto import tqdm
 
-from wakesleep import cli, outputs
+from wakesleep import cli, outputs, training
 from wakesleep.datasets import BinaryDataset, load_dataset
 from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 
@@ -67,6 +67,18 @@ def _objective(args: argparse.Namespace) -> ReweightedWakeSleep | WakeSleep:
     if args.algorithm == "rws":
         return ReweightedWakeSleep(num_particles=args.particles, insomnia=1.0)
     return WakeSleep(num_particles=args.particles)
+
+
+def _optimiser(args: argparse.Namespace) -> optax.GradientTransformation:
+    """Adam whose learning rate at step ``t`` is :func:`wakesleep.training.learning_rate`.
+
+    A constant rate (``--lr-decay 1``) is plain ``optax.adam(lr)``, whose state has the
+    structure of checkpoints written before the schedule existed; otherwise Optax keeps the
+    schedule's step count in its state, which travels with the checkpoint.
+    """
+    if args.lr_decay == 1.0:
+        return optax.adam(args.lr)
+    return optax.adam(partial(training.learning_rate, args.lr, args.lr_decay, args.steps))
 
 
 def _as_numpy(tree: Any) -> Any:
@@ -128,7 +140,7 @@ def _restore(fresh: SVIState, state: dict) -> SVIState:
 
 
 def _step_function(svi: SVI, num_data: int, batch_size: int) -> Callable:
-    """One jitted training step: draw a mini-batch, then ``svi.update`` on it."""
+    """One training step (to be jitted): draw a mini-batch, then ``svi.update`` on it."""
 
     def step(svi_state: SVIState, batch_key: Array, train_x: Array) -> tuple:
         batch_key, draw = random.split(batch_key)
@@ -136,7 +148,40 @@ def _step_function(svi: SVI, num_data: int, batch_size: int) -> Callable:
         svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data)
         return svi_state, batch_key, value
 
-    return jax.jit(step)
+    return step
+
+
+def _select_start(
+    init: Callable,
+    step: Callable,
+    init_key: Array,
+    batch_key: Array,
+    train_x: Array,
+    args: argparse.Namespace,
+) -> tuple[SVIState, Array, list[float]]:
+    """``--restarts``: train every candidate from its own start; the best one's state and curve.
+
+    The candidates are one batched computation: ``init`` and ``step`` are vmapped over keys
+    split from ``init_key`` and ``batch_key``, for :func:`wakesleep.training.selection_steps`
+    steps; :func:`wakesleep.training.best_restart` picks the winner. No checkpoint is
+    written meanwhile.
+    """
+    steps = training.selection_steps(args.steps, args.restarts)
+    starts = jax.jit(jax.vmap(init, in_axes=(0, None)))
+    states = starts(random.split(init_key, args.restarts), train_x[: args.batch_size])
+    batch_keys = random.split(batch_key, args.restarts)
+    steps_of_all = jax.jit(jax.vmap(step, in_axes=(0, 0, None)))
+    values = []
+    progress = tqdm(range(steps), unit="step",
+                    desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts")  # fmt: skip
+    for _ in progress:
+        states, batch_keys, value = steps_of_all(states, batch_keys, train_x)
+        values.append(value)
+    # fetched one by one: a jnp.stack of thousands of arrays is one slow XLA compilation
+    curves = np.stack(jax.device_get(values), axis=1).astype(np.float64) / len(train_x)
+    best = training.best_restart(curves)
+    state = jax.tree.map(lambda leaf: leaf[best], states)
+    return state, batch_keys[best], [float(v) for v in curves[best]]
 
 
 def _nll(
@@ -196,40 +241,44 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
     test_x = jnp.asarray(data.test, dtype=jnp.float32)
 
     init_key, batch_key, eval_key = random.split(random.PRNGKey(args.seed), 3)
-    machine = HelmholtzMachine(train_x.shape[-1], args.layers)
-    loss = _objective(args)
-    svi = SVI(machine.model, machine.guide, optax.adam(args.lr), loss)
+    machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init)
+    svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
     num_data = len(train_x)
     init = partial(svi.init, num_data=num_data)
     start_step, seconds, curve = 0, 0.0, []
+    began = time.perf_counter()
     if args.resume:
         state = _load_checkpoint(out, args)
         # only the structure of a fresh state is needed (and init's set-up of svi): trace it
         svi_state = _restore(jax.eval_shape(init, init_key, train_x[: args.batch_size]), state)
         batch_key = jnp.asarray(state["batches"])
         start_step, seconds, curve = state["step"], state["seconds"], state["curve"]
+    elif args.restarts > 1:
+        svi_state, batch_key, curve = _select_start(
+            init, _step_function(svi, num_data, args.batch_size), init_key, batch_key, train_x,
+            args,
+        )  # fmt: skip
+        start_step = training.selection_steps(args.steps, args.restarts)
     else:
         # jitted: one compilation instead of one per operation of an eager first trace
         svi_state = jax.jit(init)(init_key, train_x[: args.batch_size])
 
-    step_fn = _step_function(svi, num_data, args.batch_size)
+    step_fn = jax.jit(_step_function(svi, num_data, args.batch_size))
     pending: list[Array] = []  # losses still on the device
 
     def fetch() -> None:
         curve.extend(float(v) / num_data for v in jax.device_get(pending))
         pending.clear()
 
-    checkpoint_every = max(100, args.steps // 10)
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
                     desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step")  # fmt: skip
-    began = time.perf_counter()
     for step in progress:
         svi_state, batch_key, value = step_fn(svi_state, batch_key, train_x)
         pending.append(value)
         if (step + 1) % LOG_EVERY == 0:
             fetch()
             progress.set_postfix(loss=f"{np.mean(curve[-LOG_EVERY:]):.3f}")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == args.steps:
+        if training.is_checkpoint_step(step + 1, args.steps):
             fetch()
             elapsed = seconds + time.perf_counter() - began
             state = _checkpoint_state(step + 1, elapsed, curve, batch_key, svi_state, args)
@@ -247,7 +296,13 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
         BACKEND,
         args,
         seconds,
-        _nll(machine, params, train_x, exact, nll_train_key),
+        _nll(
+            machine,
+            params,
+            train_x if exact else train_x[: training.IMPORTANCE_TRAIN_IMAGES],
+            exact,
+            nll_train_key,
+        ),
         _nll(machine, params, test_x, exact, nll_test_key),
         exact,
         bars_kl,

@@ -13,6 +13,9 @@ Recognition (bottom-up)::
 ``model`` and ``guide`` are ordinary Pyro programs over a ``(batch, D)`` tensor
 ``x``; any objective of this package trains them. Batch dimensions are read
 from the right, so vectorised particles and dreams broadcast through them.
+Parameters start as :func:`wakesleep.initialisation.helmholtz_inits` says
+(``init="default"``: like ``torch.nn.Linear``, top logits at zero; ``init="sparse"``: for
+sparse images of parts), drawn from torch's global generator (``pyro.set_rng_seed``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
+from wakesleep.initialisation import helmholtz_inits
+
 __all__ = ["HelmholtzMachine"]
 
 
@@ -36,9 +41,17 @@ class HelmholtzMachine(nn.Module):
     :param hidden: sizes of the hidden layers from the bottom (nearest ``x``) to the top,
         e.g. ``(8, 1)`` for the bars network of Hinton et al. (1995): 16-8-1.
     :param name: prefix of the parameters in Pyro's param store.
+    :param init: how parameters start, ``"default"`` or ``"sparse"``
+        (:mod:`wakesleep.initialisation`).
     """
 
-    def __init__(self, num_visible: int, hidden: Sequence[int], name: str = "helmholtz") -> None:
+    def __init__(
+        self,
+        num_visible: int,
+        hidden: Sequence[int],
+        name: str = "helmholtz",
+        init: str = "default",
+    ) -> None:
         super().__init__()
         if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
             raise ValueError(
@@ -61,6 +74,10 @@ class HelmholtzMachine(nn.Module):
         self.recognition = nn.ModuleList(
             nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)
         )
+        self.init = init
+        with torch.no_grad():
+            for relative, start in helmholtz_inits(num_visible, self.hidden, init).items():
+                self.get_parameter(relative).uniform_(start.low, start.high)
 
     def _plate(self, x: Tensor, num_data: int | None) -> pyro.plate:
         batch = x.shape[-2]

@@ -10,19 +10,21 @@ the same seed ends.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 from pyro.infer import SVI
-from pyro.optim import Adam
+from pyro.optim import Adam, LambdaLR, PyroLRScheduler, PyroOptim
 from tqdm.auto import tqdm
 
-from wakesleep import cli, outputs
+from wakesleep import cli, outputs, training
 from wakesleep.datasets import BinaryDataset, load_dataset
 from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 
@@ -51,17 +53,31 @@ def _objective(args: argparse.Namespace):
     return WakeSleep(num_particles=args.particles)
 
 
+def _optimiser(args: argparse.Namespace) -> PyroOptim:
+    """Adam whose learning rate at step ``t`` is :func:`wakesleep.training.learning_rate`.
+
+    A constant rate (``--lr-decay 1``) is plain Adam, as in checkpoints written before the
+    schedule existed; otherwise the schedule's step count sits in the optimiser state and
+    travels with the checkpoint.
+    """
+    if args.lr_decay == 1.0:
+        return Adam({"lr": args.lr})
+    return LambdaLR(
+        {
+            "optimizer": torch.optim.Adam,
+            "optim_args": {"lr": args.lr},
+            "lr_lambda": partial(training.learning_rate, 1.0, args.lr_decay, args.steps),
+        }
+    )
+
+
 def _checkpoint_state(step: int, seconds: float, curve: list[float], batches, svi: SVI, args):
     return {
         "step": step,
         "seconds": seconds,
         "curve": curve,
         "run": cli.run_settings(args),
-        "params": pyro.get_param_store().get_state(),
-        "optim": svi.optim.get_state(),
-        "rng": pyro.util.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "batches": batches.get_state(),
+        **_training_state(svi, batches),
     }
 
 
@@ -113,6 +129,64 @@ def _diagnostics(machine: HelmholtzMachine, images: torch.Tensor, out: Path) -> 
     outputs.save_diagnostics(out, pareto_k, DIAGNOSTIC_SAMPLES)
 
 
+def _step(svi: SVI, train_x: torch.Tensor, batches: torch.Generator, batch_size: int) -> float:
+    """One step on a mini-batch drawn with ``batches``; the loss per datapoint."""
+    num_data = len(train_x)
+    index = torch.randint(num_data, (batch_size,), generator=batches)
+    value = svi.step(train_x[index.to(train_x.device)], num_data=num_data) / num_data
+    if isinstance(svi.optim, PyroLRScheduler):
+        svi.optim.step()  # the next step's learning rate
+    return value
+
+
+def _training_state(svi: SVI, batches: torch.Generator) -> dict:
+    """Parameters, optimiser state and every generator: what continues a run exactly."""
+    return {
+        "params": pyro.get_param_store().get_state(),
+        "optim": svi.optim.get_state(),
+        "rng": pyro.util.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "batches": batches.get_state(),
+    }
+
+
+def _restore(svi: SVI, batches: torch.Generator, state: dict) -> None:
+    """Continue from a :func:`_training_state` with a fresh ``svi`` (never stepped)."""
+    pyro.clear_param_store()
+    pyro.get_param_store().set_state(state["params"])
+    svi.optim.set_state(state["optim"])
+    pyro.util.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    batches.set_state(state["batches"])
+
+
+def _select_start(
+    args: argparse.Namespace, train_x: torch.Tensor, batches: torch.Generator
+) -> dict:
+    """``--restarts``: train each candidate from its own start; the best one's state and curve.
+
+    Candidates run one after another, each a fresh machine drawn from the global generator,
+    for :func:`wakesleep.training.selection_steps` steps; :func:`wakesleep.training.best_restart`
+    picks the winner. No checkpoint is written meanwhile.
+    """
+    steps = training.selection_steps(args.steps, args.restarts)
+    progress = tqdm(total=steps * args.restarts, unit="step",
+                    desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts")  # fmt: skip
+    states, curves = [], []
+    for _ in range(args.restarts):
+        pyro.clear_param_store()
+        machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init)
+        machine = machine.to(train_x.device)
+        svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
+        curves.append([_step(svi, train_x, batches, args.batch_size) for _ in range(steps)])
+        states.append(copy.deepcopy(_training_state(svi, batches)))
+        progress.update(steps)
+    progress.close()
+    best = training.best_restart(np.asarray(curves))
+    return {**states[best], "curve": curves[best]}
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run the job described by parsed, default-resolved ``args``; return the metrics."""
     device = _device(args.device)
@@ -123,33 +197,27 @@ def train(args: argparse.Namespace) -> dict:
 
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    machine = HelmholtzMachine(train_x.shape[-1], args.layers).to(device)
-    loss = _objective(args)
-    svi = SVI(machine.model, machine.guide, Adam({"lr": args.lr}), loss)
+    machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init).to(device)
+    svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
     batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
     start_step, seconds, curve = 0, 0.0, []
+    began = time.perf_counter()
     if args.resume:
         state = _load_checkpoint(out, args, device)
-        pyro.get_param_store().set_state(state["params"])
-        svi.optim.set_state(state["optim"])
-        pyro.util.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        batches.set_state(state["batches"])
+        _restore(svi, batches, state)
         start_step, seconds, curve = state["step"], state["seconds"], state["curve"]
+    elif args.restarts > 1:
+        state = _select_start(args, train_x, batches)
+        _restore(svi, batches, state)
+        start_step, curve = training.selection_steps(args.steps, args.restarts), state["curve"]
 
-    num_data = len(train_x)
-    checkpoint_every = max(100, args.steps // 10)
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
                     desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step")  # fmt: skip
-    began = time.perf_counter()
     for step in progress:
-        index = torch.randint(num_data, (args.batch_size,), generator=batches)
-        value = svi.step(train_x[index.to(device)], num_data=num_data) / num_data
-        curve.append(value)
+        curve.append(_step(svi, train_x, batches, args.batch_size))
         if (step + 1) % 50 == 0:
             progress.set_postfix(loss=f"{np.mean(curve[-50:]):.3f}")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == args.steps:
+        if training.is_checkpoint_step(step + 1, args.steps):
             elapsed = seconds + time.perf_counter() - began
             _save_checkpoint(out, _checkpoint_state(step + 1, elapsed, curve, batches, svi, args))
     seconds += time.perf_counter() - began
@@ -162,7 +230,7 @@ def train(args: argparse.Namespace) -> dict:
         BACKEND,
         args,
         seconds,
-        _nll(machine, train_x, exact),
+        _nll(machine, train_x if exact else train_x[: training.IMPORTANCE_TRAIN_IMAGES], exact),
         _nll(machine, test_x, exact),
         exact,
         bars_kl,

@@ -15,10 +15,13 @@ import wakesleep.outputs as outputs
 from wakesleep.cli import (
     DATASET_DEFAULTS,
     build_parser,
+    check_resume,
     layers_type,
     parse_train_args,
     resolve_defaults,
+    run_settings,
 )
+from wakesleep.initialisation import INITS
 from wakesleep.outputs import (
     METRICS_KEYS,
     atomic_write_bytes,
@@ -49,6 +52,8 @@ def test_defaults_resolve_per_dataset(dataset):
     assert args.steps == expected["steps"]
     assert args.batch_size == expected["batch_size"]
     assert args.lr == expected["lr"]
+    assert args.lr_decay == expected["lr_decay"] and args.init == expected["init"]
+    assert args.restarts == expected["restarts"]
     assert args.num_samples == 10_000
     assert args.seed == 0 and args.device == "cpu" and args.resume is False
     assert args.out == Path("run") and args.data_file is None
@@ -57,16 +62,25 @@ def test_defaults_resolve_per_dataset(dataset):
 def test_issue_defaults():
     bars = DATASET_DEFAULTS["bars"]
     assert bars["layers"] == (8, 1)  # the 16-8-1 network of Hinton et al. (1995)
-    assert (bars["particles"], bars["steps"], bars["batch_size"], bars["lr"]) == (
-        10,
-        20_000,
-        20,
-        3e-3,
-    )
+    assert bars["init"] == "sparse" and bars["lr_decay"] < 1  # the bars sweep's setting
     assert sum(DATASET_DEFAULTS["digits"]["layers"]) <= 22  # exact likelihood enumerable
     assert set(DATASET_DEFAULTS) >= {"bars", "digits", "mnist5k", "file"}
     for defaults in DATASET_DEFAULTS.values():
-        assert set(defaults) == {"layers", "particles", "steps", "batch_size", "lr"}
+        assert set(defaults) == {
+            "layers", "particles", "steps", "batch_size", "lr", "lr_decay", "init", "restarts"
+        }  # fmt: skip
+        assert 0 < defaults["lr_decay"] <= 1 and defaults["init"] in INITS
+
+
+def test_checkpoints_from_before_the_schedule_resume_with_its_neutral_values():
+    args = parse_train_args("pyro_wakesleep", _train("--dataset", "digits", "--algorithm", "rws"))
+    new_keys = ("lr_decay", "init", "restarts")
+    saved = {k: v for k, v in run_settings(args).items() if k not in new_keys}
+    check_resume(saved, args)  # digits: lr_decay 1 and init "default", as before
+    bars = parse_train_args("pyro_wakesleep", _train("--dataset", "bars", "--algorithm", "rws"))
+    old_bars = {k: v for k, v in run_settings(bars).items() if k not in new_keys}
+    with pytest.raises(SystemExit, match="lr_decay: checkpoint 1.0 vs now 0.01"):
+        check_resume(old_bars, bars)
 
 
 def test_explicit_flags_win():
@@ -106,7 +120,7 @@ def test_prog_names_the_backend(backend, capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-file", "--algorithm", "--layers", "--particles",
-                 "--steps", "--batch-size", "--lr", "--seed", "--device", "--num-samples",
+                 "--steps", "--batch-size", "--lr", "--lr-decay", "--init", "--restarts", "--seed", "--device", "--num-samples",
                  "--resume", "--out"):  # fmt: skip
         assert flag in text
     assert f"python -m {backend} train" in text
@@ -148,6 +162,11 @@ GOOD = ("--dataset", "bars", "--algorithm", "rws")
         _train(*GOOD, "--lr", "nan"),
         _train(*GOOD, "--lr", "inf"),
         _train(*GOOD, "--lr", "fast"),
+        _train(*GOOD, "--lr-decay", "0"),
+        _train(*GOOD, "--lr-decay", "1.5"),
+        _train(*GOOD, "--lr-decay", "nan"),
+        _train(*GOOD, "--init", "zeros"),
+        _train(*GOOD, "--restarts", "0"),
         _train(*GOOD, "--seed", "-1"),
         _train(*GOOD, "--seed", "x"),
         _train(*GOOD, "--num-samples", "0"),

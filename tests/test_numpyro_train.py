@@ -29,12 +29,15 @@ import pytest
 from jax import random
 from scipy import stats
 
+import numpyro_wakesleep.train as train_module
+import wakesleep.training as training
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
 from numpyro_wakesleep.train import CHECKPOINT, main
 from wakesleep.exact import helmholtz_log_marginal
 
-TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40"]
+TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
+        "--restarts", "2"]  # fmt: skip
 
 
 def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -> dict:
@@ -97,12 +100,23 @@ def test_writes_every_output(finished, algorithm):
 
 
 @pytest.mark.slow
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(finished, tmp_path):
+def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(
+    finished, tmp_path, monkeypatch
+):
+    # bars' default learning rate decays over --steps: the schedule must survive too
     straight_folder, straight = finished["rws"]
-    first = ["--steps", "5"]
-    argv = ["train", "--dataset", "bars", "--algorithm", "rws", *TINY, *first]
-    main([*argv, "--out", str(tmp_path)])
+    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)  # checkpoints at steps 5, 10
+    save = train_module._save_checkpoint
+
+    def save_then_ctrl_c(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path)
     assert load_checkpoint(tmp_path)["step"] == 5
+    monkeypatch.undo()
     resumed = run(tmp_path, "--resume")
     a = load_checkpoint(straight_folder)
     b = load_checkpoint(tmp_path)

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import pyro_wakesleep.train as train_module
+import wakesleep.training as training
 from pyro_wakesleep.train import CHECKPOINT, main
 
-TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40"]
+TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
+        "--restarts", "2"]  # fmt: skip
 
 
 def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -> dict:
@@ -42,20 +45,44 @@ def test_writes_every_output(tmp_path, algorithm):
     assert set(np.unique(samples)) <= {0, 1}
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
-    straight = run(tmp_path / "straight")
-    first = ["--steps", "5"]
-    argv = ["train", "--dataset", "bars", "--algorithm", "rws", *TINY, *first]
-    main([*argv, "--out", str(tmp_path / "resumed")])
-    resumed = run(tmp_path / "resumed", "--resume")
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
-    assert a["step"] == b["step"] == 12
-    for name, value in a["params"]["params"].items():
-        assert torch.equal(value, b["params"]["params"][name]), name
-    assert a["curve"] == b["curve"]
+def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12) -> None:
+    ca = torch.load(a_folder / CHECKPOINT, weights_only=False)
+    cb = torch.load(b_folder / CHECKPOINT, weights_only=False)
+    assert ca["step"] == cb["step"] == steps
+    for name, value in ca["params"]["params"].items():
+        assert torch.equal(value, cb["params"]["params"][name]), name
+    assert ca["curve"] == cb["curve"]
     for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
-        assert straight[key] == resumed[key]
+        assert a[key] == b[key]
+
+
+def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    # bars' default learning rate decays over --steps: the schedule must survive too
+    straight = run(tmp_path / "straight")
+    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)  # checkpoints at steps 5, 10
+    save = train_module._save_checkpoint
+
+    def save_then_ctrl_c(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["step"] == 5
+    monkeypatch.undo()
+    resumed = run(tmp_path / "resumed", "--resume")
+    _same_run(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
+
+
+def test_extended_run_ends_where_a_longer_run_ends(tmp_path):
+    # with a constant learning rate and one start a run can also be resumed with more --steps
+    constant = ("--lr-decay", "1", "--restarts", "1")
+    straight = run(tmp_path / "straight", *constant)
+    argv = ["train", "--dataset", "bars", "--algorithm", "rws", *TINY, *constant, "--steps", "5"]
+    main([*argv, "--out", str(tmp_path / "resumed")])
+    resumed = run(tmp_path / "resumed", "--resume", *constant)
+    _same_run(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
 
 
 def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):

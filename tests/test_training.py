@@ -1,0 +1,47 @@
+"""The trainers' shared policies: learning-rate schedule, restarts, checkpoint steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wakesleep.training import (
+    best_restart,
+    is_checkpoint_step,
+    learning_rate,
+    selection_steps,
+)
+
+
+def test_learning_rate_falls_from_lr_to_lr_times_decay():
+    assert learning_rate(0.1, 0.01, 200, 0) == 0.1
+    assert learning_rate(0.1, 0.01, 200, 100) == pytest.approx(0.01)
+    assert learning_rate(0.1, 0.01, 200, 200) == pytest.approx(0.001)
+    assert learning_rate(0.1, 1.0, 200, 150) == 0.1
+    rates = [learning_rate(1.0, 0.5, 10, t) for t in range(11)]
+    assert all(b < a for a, b in zip(rates, rates[1:], strict=False))
+    assert rates[1] / rates[0] == pytest.approx(rates[7] / rates[6])  # exponential
+
+
+def test_selection_takes_the_first_quarter_and_only_with_restarts():
+    assert selection_steps(20_000, 8) == 5_000
+    assert selection_steps(20_000, 1) == 0
+    assert selection_steps(3, 2) == 1  # at least one step each
+
+
+def test_best_restart_is_the_lowest_recent_loss():
+    rng = np.random.default_rng(0)
+    curves = 3.0 + 0.1 * rng.standard_normal((4, 100))
+    curves[2, 80:] -= 0.5  # best over the last fifth...
+    curves[1, :80] -= 2.0  # ...though another was far better earlier
+    assert best_restart(curves) == 2
+    assert best_restart(curves[:, :1]) == int(np.argmin(curves[:, 0]))
+    with pytest.raises(ValueError, match="shape"):
+        best_restart(np.zeros((3, 0)))
+
+
+def test_checkpoint_steps():
+    assert [d for d in range(1, 2_001) if is_checkpoint_step(d, 2_000)] == list(
+        range(200, 2_001, 200)
+    )
+    assert [d for d in range(1, 251) if is_checkpoint_step(d, 250)] == [100, 200, 250]
