@@ -92,17 +92,13 @@ class HelmholtzMachine:
         name: str = "helmholtz",
         init: str = "default",
     ) -> None:
-        if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
-            raise ValueError(
-                f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
-                f"size >= 1, got num_visible={num_visible}, hidden={tuple(hidden)}."
-            )
+        inits = helmholtz_inits(num_visible, hidden, init)  # checks the sizes and init
         self.num_visible = num_visible
         self.hidden = tuple(int(h) for h in hidden)
         self.name = name
         self.init = init
         self._sizes = (num_visible, *self.hidden)
-        self._inits = helmholtz_inits(num_visible, self.hidden, init)
+        self._inits = inits
 
     def _param(self, relative: str, shape: tuple[int, ...]) -> Array:
         """The parameter ``{name}_{relative}``, drawn from its start on first use."""

@@ -53,11 +53,7 @@ class HelmholtzMachine(nn.Module):
         init: str = "default",
     ) -> None:
         super().__init__()
-        if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
-            raise ValueError(
-                f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
-                f"size >= 1, got num_visible={num_visible}, hidden={tuple(hidden)}."
-            )
+        inits = helmholtz_inits(num_visible, hidden, init)  # checks the sizes and init
         self.num_visible = num_visible
         self.hidden = tuple(int(h) for h in hidden)
         self.name = name
@@ -76,7 +72,7 @@ class HelmholtzMachine(nn.Module):
         )
         self.init = init
         with torch.no_grad():
-            for relative, start in helmholtz_inits(num_visible, self.hidden, init).items():
+            for relative, start in inits.items():
                 self.get_parameter(relative).uniform_(start.low, start.high)
 
     def _plate(self, x: Tensor, num_data: int | None) -> pyro.plate:

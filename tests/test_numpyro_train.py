@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ctrl_c_after_first_checkpoint
 from jax import random
 from scipy import stats
 
 import numpyro_wakesleep.train as train_module
-import wakesleep.training as training
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
 from numpyro_wakesleep.train import CHECKPOINT, main
@@ -105,14 +105,7 @@ def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(
 ):
     # bars' default learning rate decays over --steps: the schedule must survive too
     straight_folder, straight = finished["rws"]
-    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)  # checkpoints at steps 5, 10
-    save = train_module._save_checkpoint
-
-    def save_then_ctrl_c(*args):
-        save(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_ctrl_c)
+    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path)
     assert load_checkpoint(tmp_path)["step"] == 5

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ctrl_c_after_first_checkpoint
 
 import pyro_wakesleep.train as train_module
-import wakesleep.training as training
 from pyro_wakesleep.train import CHECKPOINT, main
 
 TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
@@ -59,14 +59,7 @@ def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12)
 def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     # bars' default learning rate decays over --steps: the schedule must survive too
     straight = run(tmp_path / "straight")
-    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)  # checkpoints at steps 5, 10
-    save = train_module._save_checkpoint
-
-    def save_then_ctrl_c(*args):
-        save(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_ctrl_c)
+    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["step"] == 5

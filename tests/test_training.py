@@ -23,10 +23,10 @@ def test_learning_rate_falls_from_lr_to_lr_times_decay():
     assert rates[1] / rates[0] == pytest.approx(rates[7] / rates[6])  # exponential
 
 
-def test_selection_takes_the_first_quarter_and_only_with_restarts():
-    assert selection_steps(20_000, 8) == 5_000
+def test_selection_takes_the_first_tenth_and_only_with_restarts():
+    assert selection_steps(20_000, 16) == 2_000
     assert selection_steps(20_000, 1) == 0
-    assert selection_steps(3, 2) == 1  # at least one step each
+    assert selection_steps(5, 2) == 1  # at least one step each
 
 
 def test_best_restart_is_the_lowest_recent_loss():

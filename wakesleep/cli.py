@@ -52,7 +52,7 @@ __all__ = [
 
 #: Data-set-dependent defaults of the ``train`` flags (argparse ``dest`` names).
 #: ``bars`` is the 16-8-1 network of Hinton, Dayan, Frey & Neal (1995), started sparse
-#: (:mod:`wakesleep.initialisation`) with a large, decaying learning rate and the best of 8
+#: (:mod:`wakesleep.initialisation`) with a large, decaying learning rate and the best of 16
 #: starts (:mod:`wakesleep.training`): the setting of the bars sweep in
 #: benchmarks/results/training.md. ``digits`` keeps 16 hidden units so
 #: that its exact likelihood is enumerable (2^16 configurations). ``mnist5k`` trains for
@@ -66,7 +66,7 @@ DATASET_DEFAULTS: dict[str, dict[str, object]] = {
         "lr": 0.1,
         "lr_decay": 0.01,
         "init": "sparse",
-        "restarts": 8,
+        "restarts": 16,
     },
     "digits": {
         "layers": (16,),
@@ -233,7 +233,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--restarts",
         type=positive_int,
         metavar="R",
-        help="train R machines from different starts for the first quarter of the steps and "
+        help="train R machines from different starts for the first tenth of the steps and "
         "continue the one with the lowest training loss (default: per data set)",
     )
     parser.add_argument(

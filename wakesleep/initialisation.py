@@ -55,8 +55,14 @@ def helmholtz_inits(
 
     :param init: one of :data:`INITS`.
     :returns: ``{relative parameter name: Uniform}``, every parameter of the machine once.
-    :raises ValueError: for an unknown ``init``.
+    :raises ValueError: for sizes below 1, no hidden layer, or an unknown ``init``.
     """
+    hidden = tuple(hidden)
+    if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
+        raise ValueError(
+            f"A Helmholtz machine needs num_visible >= 1 and at least one hidden layer of "
+            f"size >= 1, got num_visible={num_visible}, hidden={hidden}."
+        )
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}.")
     sizes = (int(num_visible), *(int(h) for h in hidden))

@@ -3,7 +3,7 @@
 - :func:`learning_rate`: Adam's step size falls exponentially from ``--lr`` to
   ``--lr × --lr-decay`` over the run.
 - :func:`selection_steps` and :func:`best_restart`: ``--restarts R`` trains ``R`` machines
-  from different random starts for the first quarter of the run and continues the one whose
+  from different random starts for the first tenth of the run and continues the one whose
   training loss is lowest. Wake-sleep on small, symmetric problems (the bars of Hinton et al.
   1995) often settles in a local optimum that depends on the start, and the training loss
   tells the runs apart early (benchmarks/results/training.md). Only training data are used,
@@ -50,7 +50,7 @@ def is_checkpoint_step(done: int, steps: int) -> bool:
 
 def selection_steps(steps: int, restarts: int) -> int:
     """Steps every one of ``restarts`` candidates trains before the best is kept (0: none)."""
-    return 0 if restarts <= 1 else max(1, steps // 4)
+    return 0 if restarts <= 1 else max(1, steps // 10)
 
 
 def best_restart(curves: np.ndarray) -> int:
