@@ -55,6 +55,8 @@ from numpyro_wakesleep.helmholtz import HelmholtzMachine as NumPyroHelmholtz  # 
 from pyro_wakesleep.diagnostics import to_inference_data as pyro_to_inference_data  # noqa: E402
 from pyro_wakesleep.helmholtz import HelmholtzMachine as PyroHelmholtz  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 K = 10  # particles (and dreams) per step
 N = 50  # datapoints
 #: Independent estimates per configuration: Pyro (a Python loop) for the linear-Gaussian
@@ -69,15 +71,6 @@ CONFIGS = [
     ("rws-insomnia-0", "ReweightedWakeSleep", {"insomnia": 0.0}),
     ("ws", "WakeSleep", {}),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    # Small tensors: torch's intra-op threads only add overhead on a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _objective(backend: Any, config: tuple[str, str, dict]) -> Any:

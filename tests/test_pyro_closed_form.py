@@ -32,6 +32,8 @@ from torch.distributions import constraints
 
 from pyro_wakesleep import ReweightedWakeSleep, WakeSleep
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "pyro_seed_0")
+
 DTYPE = torch.float64
 NUM_DATA = 50
 MU = 0.4  # the model parameter at which every gradient is checked
@@ -46,24 +48,6 @@ PARAM_NAMES = ("mu", "a", "b", "s")
 # ---------------------------------------------------------------------------------------------
 # fixtures and the model
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    # The tensors here are small: intra-op threads only add overhead, and on a busy machine
-    # their spin-waiting slows these tests several-fold. Restored after the module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pyro_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
 @pytest.fixture(scope="module")
 def data() -> Tensor:
     """``N`` draws from the model's marginal ``p(x) = Normal(mu, sqrt 2)``, with its own generator."""

@@ -28,23 +28,7 @@ from torch import Tensor
 from pyro_wakesleep import ReweightedWakeSleep, WakeSleep
 from pyro_wakesleep.helmholtz import HelmholtzMachine
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    # The tensors here are small: intra-op threads only add overhead, and on a busy machine
-    # their spin-waiting slows these tests several-fold. Restored after the module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pyro_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "pyro_seed_0")
 
 
 # ---------------------------------------------------------------------------------------------

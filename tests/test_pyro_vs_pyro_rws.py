@@ -23,28 +23,13 @@ from torch.distributions import constraints
 
 from pyro_wakesleep import ReweightedWakeSleep
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DTYPE = torch.float64
 MU = 0.4
 GUIDE_INIT = {"a": 0.3, "b": -0.5, "s": 0.9}  # not the posterior
 PARAM_NAMES = ("mu", "a", "b", "s")
 PLATE_NESTING = 1  # the model's own plates; both classes add the particle plate themselves
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    # The tensors here are small: intra-op threads only add overhead, and on a busy machine
-    # their spin-waiting slows these tests several-fold. Restored after the module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pyro_state():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
 
 
 def init_params() -> None:
