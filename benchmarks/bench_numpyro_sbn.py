@@ -114,6 +114,13 @@ import pyro  # noqa: E402
 import pyro.infer  # noqa: E402
 import pyro.optim  # noqa: E402
 import torch  # noqa: E402
+from _timing import (  # noqa: E402
+    add_common_arguments,
+    hidden_sizes,
+    loss_row,
+    paired_ratio,
+    quartile_cells,
+)
 from jax import Array, random  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -431,21 +438,6 @@ def time_interleaved(
                     method.warm_thread_cpu[tid] = method.warm_thread_cpu.get(tid, 0.0) + spent
 
 
-def _paired_ratio(numerator: Method, denominator: Method, cpu: bool = False) -> float:
-    """Median over rounds of the ratio of the two methods' times in the same round."""
-    a, b = (
-        (numerator.cpu_seconds, denominator.cpu_seconds)
-        if cpu
-        else (numerator.seconds, denominator.seconds)
-    )
-    return statistics.median(p / q for p, q in zip(a, b, strict=True))
-
-
-def _quartiles_ms(seconds: list[float]) -> tuple[float, float, float]:
-    q1, q2, q3 = statistics.quantiles(seconds, n=4)
-    return 1e3 * q1, 1e3 * q2, 1e3 * q3
-
-
 def _row(num_hidden: int, ms: dict[str, float]) -> str:
     return (
         f"| {num_hidden} | {ms['ours']:.3f} | {ms['hand']:.3f} | {ms['ours'] / ms['hand']:.2f} "
@@ -454,12 +446,7 @@ def _row(num_hidden: int, ms: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1000, help="timed rounds per hidden size")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed rounds first")
-    parser.add_argument("--hidden", default="32,200", help="comma-separated hidden sizes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument(
         "--pyro-validation",
         choices=("on", "off"),
@@ -479,9 +466,7 @@ def main() -> None:
         help="one: XLA's CPU client with one thread (read before argparse runs); default: as is",
     )
     args = parser.parse_args()
-    if args.repeats < 2 or args.warmup < 1:
-        parser.error("--repeats must be >= 2 and --warmup >= 1")
-    hidden_sizes = [int(h) for h in args.hidden.split(",") if h.strip()]
+    sizes = hidden_sizes(parser, args, min_warmup=1)
 
     torch.set_num_threads(1)
     pyro.enable_validation(args.pyro_validation == "on")
@@ -493,7 +478,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows, cpu_rows, spread, values, checks, threads, warnings = [], [], [], [], [], [], []
-    for num_hidden in hidden_sizes:
+    for num_hidden in sizes:
         setup = make_setup(num_hidden, num_data, first_batch, args.seed)
         shifted = dict(setup.initial)  # prior logits off zero, where NumPyro's gradient is right
         top = f"{setup.machine.name}_generative.top_logits"
@@ -523,23 +508,15 @@ def main() -> None:
         cpu = {n: 1e3 * statistics.median(m.cpu_seconds) for n, m in methods.items()}
         rows.append(_row(num_hidden, median))
         cpu_rows.append(_row(num_hidden, cpu))
-        quartiles = {n: _quartiles_ms(m.seconds) for n, m in methods.items()}
+        ours, hand, pyro_ = (methods[n] for n in ("ours", "hand", "pyro"))
         spread.append(
-            f"| {num_hidden} | "
-            + " | ".join(f"{quartiles[n][0]:.2f}–{quartiles[n][2]:.2f}" for n in METHODS)
-            + f" | {_paired_ratio(methods['ours'], methods['hand']):.2f} "
-            f"| {_paired_ratio(methods['ours'], methods['hand'], cpu=True):.2f} "
-            f"| {_paired_ratio(methods['ours'], methods['pyro']):.2f} "
-            f"| {_paired_ratio(methods['ours'], methods['pyro'], cpu=True):.2f} |"
+            f"| {num_hidden} | {quartile_cells(methods, METHODS)} "
+            f"| {paired_ratio(ours.seconds, hand.seconds):.2f} "
+            f"| {paired_ratio(ours.cpu_seconds, hand.cpu_seconds):.2f} "
+            f"| {paired_ratio(ours.seconds, pyro_.seconds):.2f} "
+            f"| {paired_ratio(ours.cpu_seconds, pyro_.cpu_seconds):.2f} |"
         )
-        tail = max(1, args.repeats // 10)
-        values.append(
-            f"| {num_hidden} | "
-            + " | ".join(
-                f"{statistics.fmean(methods[n].values[-tail:]) / num_data:.2f}" for n in METHODS
-            )
-            + " |"
-        )
+        values.append(loss_row(num_hidden, methods, METHODS, num_data, args.repeats))
         caller = threading.get_native_id()
         threads.append(
             f"hidden {num_hidden}: "

@@ -52,13 +52,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyro
 import pyro.infer
 import pyro.optim
 import torch
 import torch.nn.functional as F
+from _timing import add_common_arguments, hidden_sizes, loss_row, paired_ratio, quartile_cells
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
@@ -262,24 +262,8 @@ def time_interleaved(
                 method.values.append(value)
 
 
-def _paired_ratio(numerator: Method, denominator: Method) -> float:
-    """Median over rounds of the ratio of the two methods' times in the same round."""
-    pairs = zip(numerator.seconds, denominator.seconds, strict=True)
-    return statistics.median(a / b for a, b in pairs)
-
-
-def _quartiles_ms(seconds: list[float]) -> tuple[float, float, float]:
-    q1, q2, q3 = statistics.quantiles(seconds, n=4)
-    return 1e3 * q1, 1e3 * q2, 1e3 * q3
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1000, help="timed rounds per hidden size")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed rounds first")
-    parser.add_argument("--hidden", default="32,200", help="comma-separated hidden sizes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument(
         "--validation",
         choices=("on", "off"),
@@ -287,9 +271,7 @@ def main() -> None:
         help="Pyro/torch distribution validation for the Pyro-based steps (Pyro's default: on)",
     )
     args = parser.parse_args()
-    if args.repeats < 2 or args.warmup < 0:
-        parser.error("--repeats must be >= 2 and --warmup >= 0")
-    hidden_sizes = [int(h) for h in args.hidden.split(",") if h.strip()]
+    sizes = hidden_sizes(parser, args, min_warmup=0)
 
     torch.set_num_threads(1)
     pyro.enable_validation(args.validation == "on")
@@ -299,7 +281,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows, cpu_rows, spread, values, checks, warnings = [], [], [], [], [], []
-    for num_hidden in hidden_sizes:
+    for num_hidden in sizes:
         check = check_same_maths(num_hidden, images, args.seed)
         checks.append(
             f"| {num_hidden} | {check['value_rel_diff']:.1e} | {check['grad_rel_diff']:.1e} "
@@ -324,21 +306,13 @@ def main() -> None:
             f"| {num_hidden} | {cpu['ours']:.3f} | {cpu['pyro']:.3f} | {cpu['hand']:.3f} "
             f"| {cpu['ours'] / cpu['pyro']:.2f} | {cpu['ours'] / cpu['hand']:.2f} |"
         )
-        quartiles = {name: _quartiles_ms(m.seconds) for name, m in methods.items()}
+        ours = methods["ours"].seconds
         spread.append(
-            f"| {num_hidden} | "
-            + " | ".join(f"{quartiles[n][0]:.2f}–{quartiles[n][2]:.2f}" for n in METHODS)
-            + f" | {_paired_ratio(methods['ours'], methods['pyro']):.2f} "
-            f"| {_paired_ratio(methods['ours'], methods['hand']):.2f} |"
+            f"| {num_hidden} | {quartile_cells(methods, METHODS)} "
+            f"| {paired_ratio(ours, methods['pyro'].seconds):.2f} "
+            f"| {paired_ratio(ours, methods['hand'].seconds):.2f} |"
         )
-        tail = max(1, args.repeats // 10)
-        values.append(
-            f"| {num_hidden} | "
-            + " | ".join(
-                f"{statistics.fmean(methods[n].values[-tail:]) / num_data:.2f}" for n in METHODS
-            )
-            + " |"
-        )
+        values.append(loss_row(num_hidden, methods, METHODS, num_data, args.repeats))
         for clock, times in (("wall-clock", median), ("CPU-time", cpu)):
             if times["ours"] > times["pyro"]:
                 warnings.append(
