@@ -40,10 +40,12 @@ from .traces import (
     check_model_guide_match,
     data_plates,
     guess_plate_nesting,
+    join_arguments,
     log_density,
     observed_values,
     run_guide_and_model,
     sample_sites,
+    split_arguments,
     subsample_indices,
 )
 
@@ -74,27 +76,6 @@ def _as_key(rng_key: Any) -> Array:
     )
 
 
-def _split_arguments(tree: Any) -> tuple[tuple, list[Array]]:
-    """``(static structure, array leaves)`` of ``tree`` (the programs' ``(args, kwargs)``).
-
-    Array leaves are traced under ``jit``; every other leaf (an ``int`` such as a data-set
-    size, a string, ...) stays a Python value in the (hashable) static structure.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    is_array = tuple(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves)
-    statics = tuple(None if a else leaf for leaf, a in zip(leaves, is_array, strict=True))
-    arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array, strict=True) if a]
-    return (treedef, is_array, statics), arrays
-
-
-def _join_arguments(structure: tuple, arrays: list[Array]) -> Any:
-    """The inverse of :func:`_split_arguments`: the tree with ``arrays`` put back in place."""
-    treedef, is_array, statics = structure
-    supply = iter(arrays)
-    leaves = [next(supply) if a else s for a, s in zip(is_array, statics, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
 def _draw_chunk(
     fixed: dict[str, Array],
     arrays: list[Array],
@@ -115,7 +96,7 @@ def _draw_chunk(
     log-densities are reduced to the data plates ``keep`` and divided by their sub-sampling
     factor ``data_scale``, exactly as :func:`numpyro_wakesleep.traces.importance_traces` does.
     """
-    args, kwargs = _join_arguments(structure, arrays)
+    args, kwargs = join_arguments(structure, arrays)
 
     def particle(key: Array) -> tuple[Array, dict[str, Array]]:
         model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, fixed, key)
@@ -309,7 +290,7 @@ def to_inference_data(
         name: site for name, site in sample_sites(guide_trace) if not site["is_observed"]
     }
 
-    structure, arrays = _split_arguments((args, kwargs))
+    structure, arrays = split_arguments((args, kwargs))
     run = _chunk_function(
         model=model,
         guide=guide,

@@ -25,38 +25,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array, random
 from jax.scipy.special import logsumexp
 
-from .traces import importance_traces, run_guide_and_model, subsample_indices
+from .traces import (
+    importance_traces,
+    join_arguments,
+    run_guide_and_model,
+    split_arguments,
+    subsample_indices,
+)
 
 __all__ = ["importance_log_likelihood", "importance_log_weights"]
-
-
-def _is_array(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array | np.ndarray)
-
-
-def _split_arguments(args: tuple, kwargs: dict) -> tuple[tuple, list]:
-    """``(static structure, array leaves)`` of ``(args, kwargs)``.
-
-    Array leaves are traced under ``jit``; every other leaf (an ``int`` such as
-    ``num_data``, a string, ...) stays a Python value in the static structure, so that
-    plate sizes and the like keep working inside the chunk function.
-    """
-    leaves, treedef = jax.tree.flatten((args, kwargs))
-    is_array = tuple(_is_array(leaf) for leaf in leaves)
-    statics = tuple(None if a else leaf for leaf, a in zip(leaves, is_array, strict=True))
-    arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array, strict=True) if a]
-    return (treedef, is_array, statics), arrays
-
-
-def _join_arguments(structure: tuple, arrays: list) -> tuple[tuple, dict]:
-    treedef, is_array, statics = structure
-    supply = iter(arrays)
-    leaves = [next(supply) if a else s for a, s in zip(is_array, statics, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
 
 
 def _chunk_log_weights(
@@ -71,7 +51,7 @@ def _chunk_log_weights(
     max_plate_nesting: float,
 ) -> Array:
     """Log-weights ``(num_particles, *datapoints)`` of one chunk of particles."""
-    args, kwargs = _join_arguments(structure, arrays)
+    args, kwargs = join_arguments(structure, arrays)
     wake = importance_traces(
         model,
         guide,
@@ -127,7 +107,7 @@ def _log_weight_chunks(
     probe_key, rng_key = random.split(rng_key)
     model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, probe_key)
     params = {**params, **subsample_indices(guide_trace, model_trace)}
-    structure, arrays = _split_arguments(args, kwargs)
+    structure, arrays = split_arguments((args, kwargs))
     chunk = _chunk_function(model, guide, structure)
     starts = range(0, num_particles, chunk_size)
     keys = random.split(rng_key, len(starts))

@@ -29,9 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, random
 from numpyro.distributions.util import scale_and_mask
 from numpyro.handlers import replay, seed, substitute, trace
@@ -47,11 +49,13 @@ __all__ = [
     "data_plates",
     "guess_plate_nesting",
     "importance_traces",
+    "join_arguments",
     "log_density",
     "observed_values",
     "plate_sizes",
     "run_guide_and_model",
     "sample_sites",
+    "split_arguments",
     "subsample_indices",
     "trace_params",
 ]
@@ -307,3 +311,25 @@ def importance_traces(
 def _sequential(fn: Callable) -> Callable:
     """``fn`` mapped over the leading axis one element at a time (``jax.lax.map``)."""
     return lambda xs: jax.lax.map(fn, xs)
+
+
+def split_arguments(tree: Any) -> tuple[tuple, list[Array]]:
+    """``(static structure, array leaves)`` of ``tree``, the programs' ``(args, kwargs)``.
+
+    Array leaves are traced under ``jit``; every other leaf (an ``int`` such as a data-set
+    size, a string, ...) stays a Python value in the hashable static structure, so that plate
+    sizes and the like keep working inside a jitted function of the arrays.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    is_array = tuple(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves)
+    statics = tuple(None if a else leaf for leaf, a in zip(leaves, is_array, strict=True))
+    arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array, strict=True) if a]
+    return (treedef, is_array, statics), arrays
+
+
+def join_arguments(structure: tuple, arrays: list[Array]) -> Any:
+    """The inverse of :func:`split_arguments`: the tree with ``arrays`` put back in place."""
+    treedef, is_array, statics = structure
+    supply = iter(arrays)
+    leaves = [next(supply) if a else s for a, s in zip(is_array, statics, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
