@@ -230,7 +230,7 @@ def train(args: argparse.Namespace) -> dict:
         BACKEND,
         args,
         seconds,
-        _nll(machine, train_x if exact else train_x[: training.IMPORTANCE_TRAIN_IMAGES], exact),
+        _nll(machine, training.train_nll_images(train_x, exact), exact),
         _nll(machine, test_x, exact),
         exact,
         bars_kl,

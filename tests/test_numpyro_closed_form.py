@@ -23,6 +23,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro_linear_gaussian import guide, model
 from scipy.stats import norm
 
 from numpyro_wakesleep import ReweightedWakeSleep, WakeSleep
@@ -35,21 +36,6 @@ X = np.asarray(2.0 + math.sqrt(2.0) * np.random.default_rng(0).standard_normal(N
 EXACT = {"mu": MU, "a": 0.5, "b": MU / 2, "log_s": math.log(math.sqrt(V_POST))}
 OFF = {"mu": MU, "a": 0.45, "b": MU / 2 + 0.3, "log_s": math.log(0.8)}
 GUIDE_PARAMS = ("a", "b", "log_s")
-
-
-def model(x):
-    mu = numpyro.param("mu", 0.0)
-    with numpyro.plate("data", x.shape[-1]):
-        z = numpyro.sample("z", dist.Normal(mu, 1.0))
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    a = numpyro.param("a", 0.0)
-    b = numpyro.param("b", 0.0)
-    log_s = numpyro.param("log_s", 0.0)
-    with numpyro.plate("data", x.shape[-1]):
-        numpyro.sample("z", dist.Normal(a * x + b, jnp.exp(log_s)))
 
 
 B = 10  # mini-batch size of the sub-sampled variant

@@ -12,6 +12,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro.infer import SVI
+from numpyro_linear_gaussian import guide, model
 
 from numpyro_wakesleep import (
     AlternatingSVI,
@@ -23,21 +24,6 @@ from numpyro_wakesleep.helmholtz import HelmholtzMachine
 
 N = 100
 X = jnp.asarray(2.0 + math.sqrt(2.0) * np.random.default_rng(0).standard_normal(N), jnp.float32)
-
-
-def model(x):
-    mu = numpyro.param("mu", 0.0)
-    with numpyro.plate("data", x.shape[-1]):
-        z = numpyro.sample("z", dist.Normal(mu, 1.0))
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    a = numpyro.param("a", 0.0)
-    b = numpyro.param("b", 0.0)
-    log_s = numpyro.param("log_s", 0.0)
-    with numpyro.plate("data", x.shape[-1]):
-        numpyro.sample("z", dist.Normal(a * x + b, jnp.exp(log_s)))
 
 
 def shared_model(x):

@@ -10,6 +10,7 @@ from wakesleep.training import (
     is_checkpoint_step,
     learning_rate,
     selection_steps,
+    train_nll_images,
 )
 
 
@@ -45,3 +46,9 @@ def test_checkpoint_steps():
         range(200, 2_001, 200)
     )
     assert [d for d in range(1, 251) if is_checkpoint_step(d, 250)] == [100, 200, 250]
+
+
+def test_importance_train_nll_scores_the_first_thousand_images_exact_scores_all():
+    images = np.arange(3_000)
+    assert np.array_equal(train_nll_images(images, exact=False), np.arange(1_000))
+    assert train_nll_images(images, exact=True) is images

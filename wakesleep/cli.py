@@ -94,9 +94,8 @@ DATASET_DEFAULTS["file"] = dict(DATASET_DEFAULTS["mnist5k"])
 #: ``--num-samples``: images drawn from the trained model into ``samples.npy``.
 DEFAULT_NUM_SAMPLES = 10_000
 
-_DATA_SET_DEPENDENT = (
-    "layers", "particles", "steps", "batch_size", "lr", "lr_decay", "init", "restarts"
-)  # fmt: skip
+#: The flags whose default depends on the data set: those of :data:`DATASET_DEFAULTS`.
+_DATA_SET_DEPENDENT = tuple(DATASET_DEFAULTS["bars"])
 
 
 def _int(text: str) -> int:
@@ -323,10 +322,10 @@ def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argpars
     return resolve_defaults(args)
 
 
-#: The settings a resumed run must share with its checkpoint.
+#: The settings a resumed run must share with its checkpoint: all but ``--steps``, which a
+#: run with a constant learning rate may extend.
 RUN_KEYS = (
-    "dataset", "algorithm", "layers", "particles", "batch_size", "lr", "lr_decay", "init",
-    "restarts", "seed",
+    "dataset", "algorithm", *(k for k in _DATA_SET_DEPENDENT if k != "steps"), "seed"
 )  # fmt: skip
 #: What checkpoints written before a setting existed ran with.
 _RUN_KEYS_BEFORE = {"lr_decay": 1.0, "init": "default", "restarts": 1}

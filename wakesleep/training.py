@@ -22,12 +22,20 @@ __all__ = [
     "is_checkpoint_step",
     "learning_rate",
     "selection_steps",
+    "train_nll_images",
 ]
 
 #: Importance estimates of the training NLL (``nll_method`` ``"importance-5000"``) score the
 #: first this many training images: 5,000 particles per image make the estimate costly,
 #: and the training NLL is a diagnostic. Exact NLLs and the test NLL use every image.
 IMPORTANCE_TRAIN_IMAGES = 1_000
+
+
+def train_nll_images(train_images, exact: bool):
+    """The training images whose NLL a trainer reports: all when ``exact``, else the first
+    :data:`IMPORTANCE_TRAIN_IMAGES` (any array that slices: NumPy, torch, JAX)."""
+    return train_images if exact else train_images[:IMPORTANCE_TRAIN_IMAGES]
+
 
 #: A trainer writes its checkpoint every ``max(MIN_CHECKPOINT_INTERVAL, steps // 10)`` steps
 #: and after the last one (not during the selection of ``--restarts``).
