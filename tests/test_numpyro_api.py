@@ -14,6 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+from numpyro_linear_gaussian import model
 
 from numpyro_wakesleep import (
     AlternatingSVI,
@@ -33,13 +34,6 @@ X_FAR = jnp.full(5, 20.0)
 #: q(z|x) = N(x/2 + b, s) is the exact posterior of the model below at mu = 0.
 EXACT = {"mu": 0.0, "b": 0.0, "log_s": math.log(math.sqrt(0.5))}
 NUM_DREAMS = 2000
-
-
-def model(x):
-    mu = numpyro.param("mu", 0.0)
-    with numpyro.plate("data", x.shape[-1]):
-        z = numpyro.sample("z", dist.Normal(mu, 1.0))
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
 
 def guide(x):
