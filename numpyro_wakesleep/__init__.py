@@ -13,7 +13,7 @@ or alternate model-only and guide-only steps, each side with its own optimiser::
 """
 
 from .dreams import DreamRoutingError
-from .losses import NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
+from .losses import NonFiniteDataError, NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
 from .svi import AlternatingSVI, AlternatingSVIState
 from .traces import ModelGuideMismatchError
 
@@ -22,6 +22,7 @@ __all__ = [
     "AlternatingSVIState",
     "DreamRoutingError",
     "ModelGuideMismatchError",
+    "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
     "WakeSleep",

@@ -9,7 +9,13 @@ through
 1. a user callable ``dream_args(observations, args, kwargs) -> (args, kwargs)``;
 2. a guide parameter named ``observations``, which receives ``{site: value}``
    (the convention of Pyro's ``ReweightedWakeSleep`` and ``CSIS``);
-3. the call's own arguments, when every observed site's value *is* one of them.
+3. the call's own arguments: every argument that *is* an observed value is
+   replaced by the dream; for ``obs=x[idx]`` under a sub-sampled plate, with
+   ``x`` an argument, the guide gets ``x`` with the dreams written at rows
+   ``idx``. Under ``jit`` whether ``x[idx]`` is the observed value is only known
+   to the compiled step: an argument that is not keeps its data, and a sleep
+   term with an observed site left unrouted is NaN (refused by
+   :class:`~numpyro_wakesleep.AlternatingSVI`), never a silent mix.
 
 Each dream is one draw of the model's whole data plate, with the wake pass's
 mini-batch indices and parameters substituted. Dreams are ``jax.vmap``-ed over
@@ -24,8 +30,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import Array, random
 from numpyro.handlers import replay, seed, substitute, trace, uncondition
 
@@ -33,6 +42,7 @@ from wakesleep.contract import (
     DreamArgs,
     DreamRoutingError,
     ModelGuideMismatchError,
+    SubSample,
     route_dreams,
 )
 
@@ -45,7 +55,68 @@ from .traces import (
     plate_sizes,
 )
 
-__all__ = ["DreamArgs", "DreamRoutingError", "Dreamer", "route_dreams"]
+
+class ArrayRows:
+    """:class:`wakesleep.contract.RowAccess` for JAX arrays; one per dream.
+
+    Under ``jit`` the comparison of ``x[idx]`` with the observed value is traced: the
+    dreams are then written only where it holds, and :attr:`routed` says whether every
+    site so routed found its argument.
+    """
+
+    def __init__(self) -> None:
+        self._holds: dict[int, list] = {}  # id of a site's dream -> answers of its candidates
+
+    @staticmethod
+    def holds(argument: object, dim: int, indices: Array, value: Array) -> Any:
+        if not isinstance(argument, jax.Array | np.ndarray) or jnp.ndim(argument) != jnp.ndim(
+            value
+        ):
+            return False
+        axis = jnp.ndim(argument) + dim
+        if any(a != v for d, (a, v) in enumerate(zip(argument.shape, value.shape, strict=True))
+               if d != axis):  # fmt: skip
+            return False
+        rows = jnp.take(argument, indices, axis=axis)
+        if rows.shape != jnp.shape(value):
+            return False
+        same = jnp.all(rows == value)
+        return same if isinstance(same, jax.core.Tracer) else bool(same)
+
+    def write(self, argument: Array, dim: int, indices: Array, dream: Array, holds: Any) -> Array:
+        self._holds.setdefault(id(dream), []).append(holds)
+        index = (slice(None),) * (jnp.ndim(argument) + dim) + (indices,)
+        written = jnp.asarray(argument).at[index].set(dream.astype(argument.dtype))
+        return written if holds is True else jnp.where(holds, written, argument)
+
+    @property
+    def routed(self) -> Any:
+        """``True``, or a traced boolean: every site routed through rows found its argument."""
+        answers = [jnp.any(jnp.asarray(found)) for found in self._holds.values()]
+        return jnp.all(jnp.asarray(answers)) if answers else True
+
+
+def sub_samples(model_trace: Trace) -> dict[str, list[SubSample]]:
+    """For each observed site, where its value may be rows of a sub-sampled plate's data: at
+    the plate's dimension when the plate encloses the site, else along its first axis."""
+    plates = {
+        name: site
+        for name, site in model_trace.items()
+        if site["type"] == "plate" and site["args"][1] not in (None, site["args"][0])
+    }
+    found: dict[str, list[SubSample]] = {}
+    for name, value in observed_values(model_trace).items():
+        site = model_trace[name]
+        inside = {f.name: f.dim for f in site["cond_indep_stack"] if f.name in plates}
+        found[name] = [
+            SubSample(
+                inside[plate] - site["fn"].event_dim if plate in inside else -jnp.ndim(value),
+                plates[plate]["value"],
+            )
+            for plate in plates
+            if plate in inside or jnp.ndim(value) > 0
+        ]
+    return found
 
 
 class Dreamer:
@@ -55,12 +126,20 @@ class Dreamer:
         model's whole data plate).
     :param vectorize: dream with ``jax.vmap`` rather than ``jax.lax.map``.
     :param dream_args: optional routing callable (see module docstring).
+    :param routing_hint: the last sentence of a routing error (how to train without dreams).
     """
 
-    def __init__(self, num_dreams: int, vectorize: bool, dream_args: DreamArgs | None) -> None:
+    def __init__(
+        self,
+        num_dreams: int,
+        vectorize: bool,
+        dream_args: DreamArgs | None,
+        routing_hint: str = "",
+    ) -> None:
         self.num_dreams = num_dreams
         self.vectorize = vectorize
         self.dream_args = dream_args
+        self.routing_hint = routing_hint
 
     def log_q(
         self,
@@ -82,8 +161,8 @@ class Dreamer:
         """
         keys = random.split(rng_key, self.num_dreams)
         dream = partial(
-            self._dream, model, guide, args, kwargs, observed_values(wake_model_trace), fixed,
-            plate_nesting,
+            self._dream, model, guide, args, kwargs, observed_values(wake_model_trace),
+            sub_samples(wake_model_trace), fixed, plate_nesting,
         )  # fmt: skip
         if self.vectorize:
             seen: list[dict[str, int]] = []
@@ -108,6 +187,7 @@ class Dreamer:
         args: tuple,
         kwargs: dict,
         real: dict[str, Array],
+        subsampled: dict[str, list[SubSample]],
         fixed: dict[str, Array],
         plate_nesting: int,
         rng_key: Array,
@@ -122,7 +202,11 @@ class Dreamer:
             for name, site in dream.items()
             if site["type"] == "sample" and site["infer"].get("was_observed", False)
         }
-        guide_args, guide_kwargs = route_dreams(guide, dreamed, real, args, kwargs, self.dream_args)
+        rows = ArrayRows()
+        guide_args, guide_kwargs = route_dreams(
+            guide, dreamed, real, args, kwargs, self.dream_args,
+            sub_samples=subsampled, rows=rows, hint=self.routing_hint,
+        )  # fmt: skip
         replayed_guide = seed(substitute(replay(guide, trace=dream), data=fixed), guide_key)
         with DetachSamples():
             guide_trace = trace(replayed_guide).get_trace(*guide_args, **guide_kwargs)
@@ -137,7 +221,8 @@ class Dreamer:
                 "The guide samples no latent site, so the sleep phase has nothing to train. "
                 "Use insomnia=1, or give the guide the model's latent sites."
             )
-        return log_q.reshape(())
+        # an observed site whose rows no argument held (known only under jit): no silent mix
+        return jnp.where(rows.routed, log_q.reshape(()), jnp.nan)
 
     def _fall_back(self) -> None:
         self.vectorize = False

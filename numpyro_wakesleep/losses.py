@@ -29,16 +29,25 @@ from numpyro.infer.elbo import ELBO
 
 from wakesleep.contract import (
     FIRST_PHASE,
+    ROUTING_HINTS,
+    ModelGuideMismatchError,
+    NonFiniteDataError,
     NonFiniteLossWarning,
     Phase,
     check_objective_arguments,
+    not_an_instance,
 )
 
 from . import objectives
 from .dreams import DreamArgs, Dreamer
-from .traces import ImportanceTraces, importance_traces
+from .traces import (
+    ImportanceTraces,
+    importance_traces,
+    non_finite_data_of,
+    non_finite_observations,
+)
 
-__all__ = ["NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+__all__ = ["NonFiniteDataError", "NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
 
 _PHASES = tuple(dict.fromkeys(FIRST_PHASE.values()))  # "both", "model", "guide"
 
@@ -57,6 +66,9 @@ class _WakeSleepELBO(ELBO):
     #: (this also silences SVI's warning about them).
     can_infer_discrete = True
 
+    #: The objective's public name, for its messages.
+    _objective = ""
+
     def __init__(
         self,
         num_particles: int,
@@ -68,7 +80,7 @@ class _WakeSleepELBO(ELBO):
         dream_args: DreamArgs | None,
     ) -> None:
         check_objective_arguments(
-            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            self._objective, num_particles, insomnia, num_sleep_particles, vectorize_particles,
             max_plate_nesting, alternate, dream_args,
         )  # fmt: skip
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
@@ -79,7 +91,12 @@ class _WakeSleepELBO(ELBO):
         self.max_plate_nesting = max_plate_nesting
         self.alternate = alternate
         self.dream_args = dream_args
-        self._dreamer = Dreamer(self.num_sleep_particles, vectorize_particles, dream_args)
+        self._dreamer = Dreamer(
+            self.num_sleep_particles,
+            vectorize_particles,
+            dream_args,
+            routing_hint=ROUTING_HINTS.get(self._objective, ""),
+        )
         self._warned_alternate = False
         self._last: dict[str, Array] = {}
 
@@ -126,6 +143,7 @@ class _WakeSleepELBO(ELBO):
         differentiated. ``loss_for_phase("model", ...)["loss"]`` has the same value and
         draws no dreams: the cheaper way to evaluate the bound.
         """
+        _check_instance(self)
         return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)[
             "loss"
         ]
@@ -146,6 +164,7 @@ class _WakeSleepELBO(ELBO):
         phase; :class:`~numpyro_wakesleep.AlternatingSVI` alternates). ``mutable_state`` is
         that of the step's probe pass, ``None`` without ``numpyro.mutable`` sites.
         """
+        _check_instance(self)
         if self.alternate is not False and not self._warned_alternate:
             self._warned_alternate = True
             warnings.warn(
@@ -233,7 +252,15 @@ class _WakeSleepELBO(ELBO):
         phase: Phase,
     ) -> tuple[Array, ImportanceTraces, dict[str, Array]]:
         wake_key, dream_key = random.split(rng_key)
-        wake = self._wake(wake_key, param_map, model, guide, args, kwargs)
+        try:
+            wake = self._wake(wake_key, param_map, model, guide, args, kwargs)
+        except (ValueError, RuntimeError) as error:
+            # NaN data often first show as a guide that cannot build its distributions
+            if not isinstance(error, ModelGuideMismatchError):
+                problem = non_finite_data_of(model, param_map, args, kwargs, wake_key)
+                if problem is not None:
+                    raise problem from error
+            raise
         terms: dict[str, Array] = {}
         weighted: list[Array] = []
         if phase != "guide":
@@ -264,6 +291,10 @@ class _WakeSleepELBO(ELBO):
         value = self._value(wake)
         terms = {"loss": value, **terms}
         loss = objectives.surrogate(value, *weighted)
+        if _concretely_false(jnp.isfinite(loss)):  # eager, gradients or not: the data are concrete
+            problem = non_finite_observations(wake.model_trace)
+            if problem is not None:
+                raise problem
         if not _is_traced((loss, terms, wake.log_weights)):
             self._last = {**terms, "ess": _ess(wake.log_weights)}
             if not jnp.isfinite(loss):
@@ -290,6 +321,20 @@ class _WakeSleepELBO(ELBO):
             "AlternatingSVI and SVI(...).stable_update refuse such a step."
         )
         return " ".join(parts)
+
+
+def _check_instance(loss: object) -> None:
+    """SVI handed the class calls its methods with a random key as ``self``: say so."""
+    if not isinstance(loss, _WakeSleepELBO):
+        raise ValueError(not_an_instance())
+
+
+def _concretely_false(flag: Array) -> bool:
+    """``True`` when ``flag`` is known to be false now (outside ``jit``, gradients or not)."""
+    try:
+        return not bool(flag)
+    except jax.errors.ConcretizationTypeError:
+        return False
 
 
 def _scaled_sum(per_datapoint: Array, data_scale: float) -> Array:
@@ -351,6 +396,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
     flow*, arXiv:1805.10469; Burda et al. (2016), *Importance weighted autoencoders*.
     """
 
+    _objective = "ReweightedWakeSleep"
+
     def __init__(
         self,
         num_particles: int = 10,
@@ -385,6 +432,8 @@ class WakeSleep(_WakeSleepELBO):
     :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
     :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
     """
+
+    _objective = "WakeSleep"
 
     def __init__(
         self,

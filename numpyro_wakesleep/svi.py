@@ -27,7 +27,7 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.svi import SVIRunResult
 
 from .losses import NonFiniteLossWarning
-from .traces import trace_params
+from .traces import non_finite_data_of, non_finite_observations, trace_params
 
 __all__ = ["AlternatingSVI", "AlternatingSVIState"]
 
@@ -93,9 +93,9 @@ class AlternatingSVI:
 
     **Non-finite steps.** When the loss or any updated parameter is not finite, the step is
     refused inside ``jit``: parameters, optimiser states, mutable state and phase are kept
-    and only the random key moves on, so that the next step draws fresh particles. The
-    returned loss is the non-finite value; :meth:`run` warns with the number of refused
-    steps.
+    and only the random key moves on, so that the next step draws fresh particles. A
+    refused step returns NaN as its loss (also when only the new parameters were not
+    finite); :meth:`run` warns with the number of refused steps.
 
     With a loss of this package the phase decides which terms are computed (no dreams in
     a model step). Any other NumPyro ELBO (e.g. ``Trace_ELBO``) also works: both phases
@@ -141,6 +141,9 @@ class AlternatingSVI:
     ) -> AlternatingSVIState:
         """Trace guide and model once; return the first state.
 
+        Observed data holding NaN or inf (where no mask hides them) raise
+        :class:`~numpyro_wakesleep.NonFiniteDataError` here, naming the site and datapoints.
+
         :param init_params: optional constrained values for some ``numpyro.param`` sites,
             used instead of their ``init_value``.
         """
@@ -149,11 +152,20 @@ class AlternatingSVI:
         guide = seed(self.guide, guide_key)
         if init_params is not None:
             guide = substitute(guide, data=init_params)
-        guide_trace = trace(guide).get_trace(*args, **kwargs)
+        try:
+            guide_trace = trace(guide).get_trace(*args, **kwargs)
+        except (ValueError, RuntimeError) as error:  # NaN data often break the guide first
+            problem = non_finite_data_of(self.model, init_params or {}, args, kwargs, model_key)
+            if problem is not None:
+                raise problem from error
+            raise
         model = seed(replay(self.model, trace=guide_trace), model_key)
         if init_params is not None:
             model = substitute(model, data=init_params)
         model_trace = trace(model).get_trace(*args, **kwargs)
+        problem = non_finite_observations(model_trace)  # the data are concrete here
+        if problem is not None:
+            raise problem
 
         params: dict[str, Array] = {}
         mutable: dict[str, Array] = {}
@@ -224,6 +236,8 @@ class AlternatingSVI:
         params, model_opt, guide_opt, mutable, phase = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old), proposed, kept
         )
+        # a refused step reports NaN, also when only the new parameters were not finite
+        value = jnp.where(finite, value, jnp.nan)
         return AlternatingSVIState(params, model_opt, guide_opt, mutable, phase, rng_key), value
 
     def run(

@@ -39,7 +39,12 @@ from numpyro.distributions.util import scale_and_mask
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import CondIndepStackFrame, Messenger
 
-from wakesleep.contract import ModelGuideMismatchError, check_site_match
+from wakesleep.contract import (
+    ModelGuideMismatchError,
+    NonFiniteDataError,
+    check_site_match,
+    non_finite_data_error,
+)
 
 __all__ = [
     "DetachSamples",
@@ -47,14 +52,18 @@ __all__ = [
     "ModelGuideMismatchError",
     "check_model_guide_match",
     "data_plates",
+    "full_size",
     "guess_plate_nesting",
     "importance_traces",
     "join_arguments",
     "log_density",
+    "non_finite_data_of",
+    "non_finite_observations",
     "observed_values",
     "plate_sizes",
     "run_guide_and_model",
     "sample_sites",
+    "site_nesting",
     "split_arguments",
     "subsample_indices",
     "trace_params",
@@ -86,14 +95,16 @@ def sample_sites(trace: Trace) -> Iterable[tuple[str, dict]]:
 
 
 def guess_plate_nesting(*traces: Trace) -> int:
-    """Number of nested plates the traces' sample sites sit in (the most negative ``dim``)."""
-    dims = [
-        frame.dim
-        for tr in traces
-        for _, site in sample_sites(tr)
-        for frame in site["cond_indep_stack"]
-    ]
-    return -min(dims) if dims else 0
+    """Number of batch dimensions the traces' sample sites need: their deepest plate, or a
+    site's batch rank when larger (a batch dimension no plate declares is summed like a
+    plate's)."""
+    return max((site_nesting(site) for tr in traces for _, site in sample_sites(tr)), default=0)
+
+
+def site_nesting(site: dict) -> int:
+    """Batch dimensions a site needs: its deepest plate, or its batch rank when larger."""
+    plate_depths = [-frame.dim for frame in site["cond_indep_stack"]]
+    return max([len(site["fn"].batch_shape), *plate_depths])
 
 
 def data_plates(*traces: Trace) -> dict[str, CondIndepStackFrame]:
@@ -125,7 +136,7 @@ def subsample_indices(*traces: Trace) -> dict[str, Array]:
     return indices
 
 
-def _full_size(name: str, frame: CondIndepStackFrame, traces: Iterable[Trace]) -> int:
+def full_size(name: str, frame: CondIndepStackFrame, traces: Iterable[Trace]) -> int:
     for tr in traces:
         site = tr.get(name)
         if site is not None and site["type"] == "plate":
@@ -167,6 +178,57 @@ def log_density(
 def observed_values(trace: Trace) -> dict[str, Array]:
     """Values of the observed sites of a model trace, by name."""
     return {name: site["value"] for name, site in sample_sites(trace) if site["is_observed"]}
+
+
+def non_finite_observations(model_trace: Trace) -> NonFiniteDataError | None:
+    """The error for the first observed site that holds NaN or inf where no mask hides it.
+
+    Only concrete values can be checked: under ``jit`` the observed values are traced and
+    this returns ``None``.
+    """
+    for name, site in sample_sites(model_trace):
+        value = site["value"]
+        if not site["is_observed"] or isinstance(value, jax.core.Tracer):
+            continue
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        batch_ndim = value.ndim - site["fn"].event_dim
+        bad = ~np.isfinite(value).reshape(*value.shape[:batch_ndim], -1).all(-1)
+        mask = getattr(site["fn"], "_mask", None)  # numpyro.handlers.mask wraps the distribution
+        if isinstance(mask, jax.core.Tracer):
+            continue
+        if mask is not None:
+            bad = bad & np.asarray(mask)
+        while bad.ndim > batch_ndim:  # a mask with more dimensions than the value
+            bad = bad.any(0)
+        if not bad.any():
+            continue
+        kinds = [kind for kind, test in (("NaN", np.isnan), ("inf", np.isinf))
+                 if test(value).any()]  # fmt: skip
+        sub_sampled = {
+            batch_ndim + frame.dim: np.asarray(model_trace[frame.name]["value"])
+            for frame in site["cond_indep_stack"]
+            if frame.name in model_trace
+            and full_size(frame.name, frame, [model_trace]) != frame.size
+            and -batch_ndim <= frame.dim
+        }
+        return non_finite_data_error(name, bad, kinds, sub_sampled, "handlers.mask")
+    return None
+
+
+def non_finite_data_of(
+    model: Callable, params: dict, args: tuple, kwargs: dict, rng_key: Array
+) -> NonFiniteDataError | None:
+    """:func:`non_finite_observations` of the model run on its own (latents from the prior),
+    for when guide and model could not run together; ``None`` if that fails as well."""
+    try:
+        model_trace = trace(seed(substitute(model, data=params), rng_key)).get_trace(
+            *args, **kwargs
+        )
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    return non_finite_observations(model_trace)
 
 
 def trace_params(trace: Trace) -> set[str]:
@@ -292,7 +354,7 @@ def importance_traces(
     )
     plates = data_plates(model_trace, guide_trace)
     traces = (guide_trace, model_trace)
-    data_scale = math.prod(_full_size(n, f, traces) / f.size for n, f in plates.items())
+    data_scale = math.prod(full_size(n, f, traces) / f.size for n, f in plates.items())
     keep = frozenset(frame.dim for frame in plates.values())
 
     def particle(key: Array) -> tuple[Array, Array, dict[str, Array]]:

@@ -7,12 +7,13 @@ Hand an objective to Pyro's own SVI::
 """
 
 from .dreams import DreamRoutingError
-from .losses import NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
+from .losses import NonFiniteDataError, NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
 from .traces import ModelGuideMismatchError
 
 __all__ = [
     "DreamRoutingError",
     "ModelGuideMismatchError",
+    "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
     "WakeSleep",

@@ -18,6 +18,9 @@ from torch import Tensor
 
 from wakesleep.contract import (
     FIRST_PHASE,
+    ROUTING_HINTS,
+    ModelGuideMismatchError,
+    NonFiniteDataError,
     NonFiniteLossWarning,
     Phase,
     check_objective_arguments,
@@ -29,11 +32,14 @@ from .traces import (
     ImportanceTraces,
     guess_plate_nesting,
     importance_traces,
+    non_finite_data_of,
+    non_finite_observations,
     sample_sites,
     trace_params,
+    vectorization_is_safe,
 )
 
-__all__ = ["NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+__all__ = ["NonFiniteDataError", "NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
 
 
 class _WakeSleepELBO(ELBO):
@@ -41,6 +47,9 @@ class _WakeSleepELBO(ELBO):
 
     Subclasses say which bound is reported and which wake-θ estimator is used.
     """
+
+    #: The objective's public name, for its messages.
+    _objective = ""
 
     def __init__(
         self,
@@ -53,7 +62,7 @@ class _WakeSleepELBO(ELBO):
         dream_args: DreamArgs | None,
     ) -> None:
         check_objective_arguments(
-            num_particles, insomnia, num_sleep_particles, vectorize_particles,
+            self._objective, num_particles, insomnia, num_sleep_particles, vectorize_particles,
             max_plate_nesting, alternate, dream_args,
         )  # fmt: skip
         # Pyro's ELBO adds the particle plate to max_plate_nesting when vectorising; here it
@@ -66,8 +75,14 @@ class _WakeSleepELBO(ELBO):
         )
         self.alternate = alternate
         self.dream_args = dream_args
-        self._dreamer = Dreamer(self.num_sleep_particles, vectorize_particles, dream_args)
+        self._dreamer = Dreamer(
+            self.num_sleep_particles,
+            vectorize_particles,
+            dream_args,
+            routing_hint=ROUTING_HINTS.get(self._objective, ""),
+        )
         self._guessed_plate_nesting: int | None = None
+        self._vectorization_checked: set[tuple] = set()
         self._next_phase: Phase = FIRST_PHASE[alternate]
         self._last: dict[str, Tensor] = {}
 
@@ -111,6 +126,7 @@ class _WakeSleepELBO(ELBO):
             self._last = {"loss": value, "log_weights": wake.log_weights}
             result = value.item()
             if not math.isfinite(result):
+                _refuse_non_finite_data(wake)
                 warnings.warn(self._diagnose(wake, {"loss": value}), NonFiniteLossWarning, 2)
         return result
 
@@ -122,6 +138,7 @@ class _WakeSleepELBO(ELBO):
         """
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, "both")
         if is_validation_enabled() and not torch.isfinite(loss):
+            _refuse_non_finite_data(wake)
             raise ValueError(self._diagnose(wake, terms))
         return loss
 
@@ -137,13 +154,14 @@ class _WakeSleepELBO(ELBO):
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
         value = loss.item()
         if not math.isfinite(value):
+            for param in trace_params(wake.model_trace) | trace_params(wake.guide_trace):
+                param.grad = None
+            _refuse_non_finite_data(wake)
             warnings.warn(
                 self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
                 NonFiniteLossWarning,
                 stacklevel=2,
             )
-            for param in trace_params(wake.model_trace) | trace_params(wake.guide_trace):
-                param.grad = None
             return value
         loss.backward()
         if phase != "both":  # parameter sets only when needed: hashing tensors is not free
@@ -167,18 +185,46 @@ class _WakeSleepELBO(ELBO):
             self._guessed_plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
         return self._guessed_plate_nesting
 
+    def _vectorize(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
+        """Particles as a plate, once :func:`vectorization_is_safe` has passed for this program
+        and these argument shapes; for good (and dreams too) once it has failed."""
+        if not self.vectorize_particles:
+            return False
+        key = _check_key(model, guide, args, kwargs)
+        if key not in self._vectorization_checked:
+            if not vectorization_is_safe(
+                model,
+                guide,
+                args,
+                kwargs,
+                num_particles=max(self.num_particles, self.num_sleep_particles),
+                plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+            ):
+                self.vectorize_particles = self._dreamer.vectorize = False
+                return False
+            self._vectorization_checked.add(key)
+        return True
+
     def _wake(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> ImportanceTraces:
-        return importance_traces(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=self.num_particles,
-            plate_nesting=self._plate_nesting(model, guide, args, kwargs),
-            vectorize=self.vectorize_particles,
-        )
+        try:
+            return importance_traces(
+                model,
+                guide,
+                args,
+                kwargs,
+                num_particles=self.num_particles,
+                plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+                vectorize=self._vectorize(model, guide, args, kwargs),
+            )
+        except (ValueError, RuntimeError) as error:
+            # NaN data often first show as a guide that cannot build its distributions
+            if not isinstance(error, ModelGuideMismatchError):
+                problem = non_finite_data_of(model, args, kwargs)
+                if problem is not None:
+                    raise problem from error
+            raise
 
     def _value(self, wake: ImportanceTraces) -> Tensor:
         return -_scaled_sum(self._bound(wake.log_weights), wake.data_scale)
@@ -211,6 +257,7 @@ class _WakeSleepELBO(ELBO):
                     plate_nesting=self._plate_nesting(model, guide, args, kwargs),
                     wake_model_trace=wake.model_trace,
                     wake_guide_trace=wake.guide_trace,
+                    check_key=_check_key(model, guide, args, kwargs),
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
                 weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
@@ -250,6 +297,19 @@ class _WakeSleepELBO(ELBO):
             "are not exactly 0 or 1 (clamp logits), and the learning rate."
         )
         return " ".join(parts)
+
+
+def _refuse_non_finite_data(wake: ImportanceTraces) -> None:
+    """Raise :class:`NonFiniteDataError` when the observed data are what is not finite."""
+    problem = non_finite_observations(wake.model_trace)
+    if problem is not None:
+        raise problem
+
+
+def _check_key(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple:
+    """What a vectorisation check holds for: the programs and their tensor arguments' shapes."""
+    items = [*enumerate(args), *kwargs.items()]
+    return (model, guide, tuple((k, tuple(v.shape)) for k, v in items if isinstance(v, Tensor)))
 
 
 def _scaled_sum(per_datapoint: Tensor, data_scale: float) -> Tensor:
@@ -296,6 +356,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
     flow*, arXiv:1805.10469; Burda et al. (2016), *Importance weighted autoencoders*.
     """
 
+    _objective = "ReweightedWakeSleep"
+
     def __init__(
         self,
         num_particles: int = 10,
@@ -333,6 +395,8 @@ class WakeSleep(_WakeSleepELBO):
     :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
     :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
     """
+
+    _objective = "WakeSleep"
 
     def __init__(
         self,

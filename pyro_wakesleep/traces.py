@@ -19,7 +19,9 @@ datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -34,7 +36,12 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from wakesleep.contract import ModelGuideMismatchError, check_site_match
+from wakesleep.contract import (
+    ModelGuideMismatchError,
+    NonFiniteDataError,
+    check_site_match,
+    non_finite_data_error,
+)
 
 __all__ = [
     "DetachSamples",
@@ -46,11 +53,22 @@ __all__ = [
     "importance_chunks",
     "importance_traces",
     "log_density",
+    "mini_batch",
+    "one_particle",
+    "particle_mismatches",
+    "non_finite_data_of",
+    "non_finite_observations",
     "observed_values",
     "particle_plate",
     "plate_sizes",
     "sample_sites",
+    "site_log_density",
+    "side_run",
+    "site_nesting",
     "trace_params",
+    "vectorization_is_safe",
+    "vectorization_mismatches",
+    "VectorizationWarning",
 ]
 
 #: Names of the plates this package adds; they are never data plates.
@@ -73,6 +91,17 @@ class DetachSamples(Messenger):
             msg["value"] = msg["value"].detach()
 
 
+@contextmanager
+def side_run() -> Iterator[None]:
+    """A run of model or guide that leaves no mark: outer handlers record none of its sites,
+    it builds no gradient graph, and the random-number generators end as they were (so
+    that a check does not shift the user's random stream: a resumed run draws what an
+    uninterrupted one does)."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        yield
+
+
 def particle_plate(name: str, size: int, plate_nesting: int) -> pyro.plate:
     """The plate of particles, one dimension left of the model's own plates."""
     return pyro.plate(name, size, dim=-(plate_nesting + 1))
@@ -91,20 +120,26 @@ def guess_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: d
     The run leaves the random-number generators as it found them, so that guessing does
     not shift the user's random stream (a resumed run draws what an uninterrupted one does).
     """
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+    with side_run():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
-    dims = [
-        frame.dim
-        for trace in (model_trace, guide_trace)
-        for _, site in sample_sites(trace)
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return -min(dims) if dims else 0
+    return max(
+        (
+            site_nesting(site)
+            for trace in (model_trace, guide_trace)
+            for _, site in sample_sites(trace)
+        ),
+        default=0,
+    )
+
+
+def site_nesting(site: Message) -> int:
+    """Batch dimensions a site needs right of the particles: its deepest plate, or its batch
+    rank when that is larger (a batch dimension no plate declares is summed like a plate's)."""
+    plate_depths = [-frame.dim for frame in site["cond_indep_stack"] if frame.vectorized]
+    return max([len(site["fn"].batch_shape), *plate_depths])
 
 
 def data_plates(*traces: Trace) -> dict[str, CondIndepStackFrame]:
@@ -143,29 +178,78 @@ def log_density(
     """
     total = None
     for name, site in sample_sites(trace):
-        log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-        scale = site["scale"] if scale_divisor == 1.0 else site["scale"] / scale_divisor
-        log_p = scale_and_mask(log_p, scale, site["mask"])
-        if not isinstance(log_p, Tensor):  # masked to the number zero
-            continue
-        if log_p.dim() > ndim:
-            raise ValueError(
-                f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
-                f"dimensions than the {ndim} plates (particles included) that enclose it. Declare "
-                "each batch dimension with a pyro.plate, or move it into the event with "
-                ".to_event(n); if max_plate_nesting was given, check it counts every plate."
-            )
-        log_p = log_p.reshape((1,) * (ndim - log_p.dim()) + log_p.shape)
-        sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
-        if sum_dims:
-            log_p = log_p.sum(sum_dims, keepdim=True)
-        total = log_p if total is None else total + log_p
+        log_p = site_log_density(name, site, keep_dims, ndim, scale_divisor)
+        if log_p is not None:
+            total = log_p if total is None else total + log_p
     return total
+
+
+def site_log_density(
+    name: str, site: Message, keep_dims: frozenset[int], ndim: int, scale_divisor: float = 1.0
+) -> Tensor | None:
+    """One site's term of :func:`log_density`; ``None`` when a mask makes it the number zero."""
+    log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    scale = site["scale"] if scale_divisor == 1.0 else site["scale"] / scale_divisor
+    log_p = scale_and_mask(log_p, scale, site["mask"])
+    if not isinstance(log_p, Tensor):  # masked to the number zero
+        return None
+    if log_p.dim() > ndim:
+        raise ValueError(
+            f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
+            f"dimensions than the {ndim} plates (particles included) that enclose it. Declare "
+            "each batch dimension with a pyro.plate, or move it into the event with "
+            ".to_event(n); if max_plate_nesting was given, check it counts every plate."
+        )
+    log_p = log_p.reshape((1,) * (ndim - log_p.dim()) + log_p.shape)
+    sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
+    return log_p.sum(sum_dims, keepdim=True) if sum_dims else log_p
 
 
 def observed_values(trace: Trace) -> dict[str, Tensor]:
     """Values of the observed sites of a model trace, by name."""
     return {name: site["value"] for name, site in sample_sites(trace) if site["is_observed"]}
+
+
+def non_finite_observations(model_trace: Trace) -> NonFiniteDataError | None:
+    """The error for the first observed site that holds NaN or inf where no mask hides it."""
+    for name, site in sample_sites(model_trace):
+        value = site["value"]
+        if not site["is_observed"] or not torch.is_tensor(value) or not value.is_floating_point():
+            continue
+        batch_ndim = value.dim() - site["fn"].event_dim
+        bad = ~torch.isfinite(value)
+        bad = bad.reshape(*value.shape[:batch_ndim], -1).any(-1)
+        if isinstance(site["mask"], Tensor):
+            bad = bad & site["mask"]
+        elif site["mask"] is False:
+            continue
+        while bad.dim() > batch_ndim:  # a mask with more dimensions than the value
+            bad = bad.any(0)
+        if not bad.any():
+            continue
+        kinds = [kind for kind, test in (("NaN", torch.isnan), ("inf", torch.isinf))
+                 if test(value).any()]  # fmt: skip
+        sub_sampled = {
+            batch_ndim + frame.dim: model_trace.nodes[frame.name]["value"].cpu().numpy()
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+            and frame.name in model_trace
+            and site_is_subsample(model_trace.nodes[frame.name])
+            and -batch_ndim <= frame.dim
+        }
+        return non_finite_data_error(name, bad.cpu().numpy(), kinds, sub_sampled, "poutine.mask")
+    return None
+
+
+def non_finite_data_of(model: Callable, args: tuple, kwargs: dict) -> NonFiniteDataError | None:
+    """:func:`non_finite_observations` of the model run on its own (latents from the prior),
+    for when guide and model could not run together; ``None`` if that fails as well."""
+    with side_run():
+        try:
+            model_trace = poutine.trace(model).get_trace(*args, **kwargs)
+        except (ValueError, RuntimeError):
+            return None
+    return non_finite_observations(model_trace)
 
 
 def trace_params(trace: Trace) -> set[Tensor]:
@@ -230,7 +314,7 @@ def _run_guide_and_model(
     return model_trace, guide_trace
 
 
-def _mini_batch(*traces: Trace) -> Trace:
+def mini_batch(*traces: Trace) -> Trace:
     """The model's plate sub-sampling sites, to replay one mini-batch across particles."""
     kept = Trace()
     for trace in traces:
@@ -288,7 +372,7 @@ def importance_traces(
         runs = [(model_trace, guide_trace)]
     else:
         model_trace, guide_trace = _run_guide_and_model(model, guide, args, kwargs)
-        same_batch = _mini_batch(guide_trace, model_trace)
+        same_batch = mini_batch(guide_trace, model_trace)
         runs = [(model_trace, guide_trace)] + [
             _run_guide_and_model(model, guide, args, kwargs, mini_batch=same_batch)
             for _ in range(num_particles - 1)
@@ -311,6 +395,151 @@ def importance_traces(
     return ImportanceTraces(log_p, log_q, data_scale, plates, model_trace, guide_trace)
 
 
+class VectorizationWarning(RuntimeWarning):
+    """Particles or dreams could not be a plate for this model and guide: they now run one
+    at a time."""
+
+
+def one_particle(trace: Trace, index: int, plate_nesting: int) -> Trace:
+    """Particle ``index`` of a trace recorded under the particle plate, as a particle plate of
+    size one records it: each sampled value narrowed to that particle, sub-sampling kept."""
+    one = Trace()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            dim = site["value"].dim() - site["fn"].event_dim - (plate_nesting + 1)
+            site = {**site, "value": site["value"].narrow(dim, index, 1)}
+        one.add_node(name, **site)
+    return one
+
+
+def vectorization_mismatches(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    plate_nesting: int,
+) -> list[str]:
+    """The sites whose per-particle log-density under the particle plate is not that of the
+    same particle run alone; empty when particles may safely be a plate.
+
+    A plate of particles is only correct for programs that broadcast every value along
+    the particle dimension. A site that reads latents through an operation that moves or
+    reduces a batch dimension (``.to_event(1)`` over a plate's dimension outside that
+    plate, ``z.sum()``, ``z[0]``) mixes the particles silently. The check replays the last
+    particle of a vectorised draw in a particle plate of size one and compares each site's
+    log-density, so it catches every such mistake whatever its form. It runs without
+    gradient and leaves the random-number generators as it found them.
+    """
+    with side_run():
+        plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
+        try:
+            model_trace, guide_trace = _run_guide_and_model(
+                plate(model), plate(guide), args, kwargs
+            )
+        except (RuntimeError, ValueError, IndexError) as error:
+            try:  # a program that fails as one particle too is wrong: the step says how
+                _reduce(
+                    *_run_guide_and_model(model, guide, args, kwargs),
+                    frozenset(),
+                    plate_nesting,
+                    1.0,
+                )
+            except (RuntimeError, ValueError, IndexError):
+                return []
+            return [f"the program (which then fails: {str(error).splitlines()[0]})"]
+        check_model_guide_match(model_trace, guide_trace)
+        if non_finite_observations(model_trace) is not None:
+            return []  # nothing to compare: the step itself reports the data
+        last = num_particles - 1
+        particle = one_particle(guide_trace, last, plate_nesting)
+        for name, site in mini_batch(model_trace).nodes.items():
+            if name not in particle:
+                particle.add_node(name, **site)
+        single = particle_plate(PARTICLE_PLATE, 1, plate_nesting)
+        try:
+            one_model, one_guide = _run_guide_and_model(
+                single(model), single(guide), args, kwargs, mini_batch=particle
+            )
+        except (RuntimeError, ValueError, IndexError) as error:
+            return [f"(one particle alone failed: {error})"]
+        return particle_mismatches(
+            {"model": (model_trace, one_model), "guide": (guide_trace, one_guide)},
+            last,
+            frozenset(frame.dim for frame in data_plates(model_trace, guide_trace).values()),
+            plate_nesting,
+        )
+
+
+def particle_mismatches(
+    traces: dict[str, tuple[Trace, Trace]],
+    index: int,
+    keep_dims: frozenset[int],
+    plate_nesting: int,
+) -> list[str]:
+    """Sites whose log-density at particle ``index`` of a vectorised trace differs from that of
+    the same particle alone (a trace under a particle plate of size one).
+
+    :param traces: ``{role: (vectorised trace, one-particle trace)}``, e.g. ``"model"``, ``"guide"``.
+    :param keep_dims: the data plates' dims, kept apart as in the log-weights.
+    """
+    ndim = plate_nesting + 1
+    keep = keep_dims | {-ndim}
+    mismatches = []
+    for role, (every_trace, alone_trace) in traces.items():
+        for name, site in sample_sites(every_trace):
+            alone = alone_trace.nodes.get(name)
+            try:
+                every = site_log_density(name, site, keep, ndim)
+                alone = None if alone is None else site_log_density(name, alone, keep, ndim)
+            except ValueError:  # more batch dimensions than plates: particles went astray
+                mismatches.append(f"{role} site '{name}'")
+                continue
+            if every is None and alone is None:
+                continue
+            if every is not None and every.shape[-ndim] > 1:
+                every = every.narrow(-ndim, index, 1)
+            if (
+                every is None
+                or alone is None
+                or every.shape != alone.shape
+                or not torch.allclose(every, alone, rtol=1e-4, atol=1e-4, equal_nan=True)
+            ):
+                mismatches.append(f"{role} site '{name}'")
+    return mismatches
+
+
+def vectorization_is_safe(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    plate_nesting: int,
+) -> bool:
+    """Whether particles may be a plate (:func:`vectorization_mismatches`); warns when not."""
+    mismatches = vectorization_mismatches(
+        model, guide, args, kwargs, num_particles=num_particles, plate_nesting=plate_nesting
+    )
+    if mismatches:
+        warnings.warn(
+            f"With particles as a plate, {', '.join(mismatches)} does not score as one particle "
+            "alone: the program mixes particles or cannot broadcast them (typically a site "
+            "outside a plate reads a latent from inside it through .to_event(n), a sum or an index over the "
+            "plate's dimension, which the particle dimension then shifts into). Particles now "
+            "run one at a time, which is correct but slower. To vectorise, put the site inside "
+            "the plate, or write the program so that it broadcasts over extra dimensions on "
+            "the left (index and reduce with negative dims, e.g. z.sum(-1) on a (..., N) "
+            "tensor, and keep the plate's dimension in the batch shape); "
+            "vectorize_particles=False silences this warning.",
+            VectorizationWarning,
+            stacklevel=4,
+        )
+    return not mismatches
+
+
 def importance_chunks(
     model: Callable,
     guide: Callable,
@@ -325,12 +554,18 @@ def importance_chunks(
     """:func:`importance_traces` for ``num_particles`` particles, ``chunk_size`` at a time.
 
     Memory stays bounded however many particles are drawn, and every chunk replays the
-    first chunk's plate sub-sampling, so all particles score the same mini-batch.
+    first chunk's plate sub-sampling, so all particles score the same mini-batch. Vectorised
+    chunks are first checked with :func:`vectorization_is_safe` (once per call); a program
+    that mixes particles under a plate runs one particle at a time instead.
     """
     if num_particles < 1 or chunk_size < 1:
         raise ValueError(
             f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
         )
+    vectorize = vectorize and vectorization_is_safe(
+        model, guide, args, kwargs, num_particles=min(chunk_size, num_particles),
+        plate_nesting=plate_nesting,
+    )  # fmt: skip
     for start in range(0, num_particles, chunk_size):
         wake = importance_traces(
             model,
@@ -342,7 +577,7 @@ def importance_chunks(
             vectorize=vectorize,
         )
         if start == 0:
-            same_batch = _mini_batch(wake.guide_trace, wake.model_trace)
+            same_batch = mini_batch(wake.guide_trace, wake.model_trace)
             if same_batch.nodes:
                 model = poutine.replay(model, trace=same_batch)
                 guide = poutine.replay(guide, trace=same_batch)

@@ -259,30 +259,46 @@ def test_auxiliary_guide_sites_are_allowed():
     assert np.isfinite(float(value))
 
 
-def test_unplated_batch_dimensions_are_refused():
-    def unplated_model():
-        numpyro.sample("v", dist.Normal(jnp.zeros(3), 1.0))
+def test_unplated_batch_dimensions_are_summed_like_an_event():
+    # a batch dimension that no plate declares is part of one joint weight, as in to_event
+    def program(shift, event, observe):
+        def run(x=None):
+            v_dist = dist.Normal(jnp.zeros(3) + shift, 1.0)
+            v = numpyro.sample("v", v_dist.to_event(1) if event else v_dist)
+            if observe:
+                numpyro.sample("x", dist.Normal(v.sum(-1), 1.0), obs=x)
 
-    def unplated_guide():
-        numpyro.sample("v", dist.Normal(jnp.zeros(3), 1.0))
+        return run
 
-    with pytest.raises(ValueError, match="'v'.*numpyro.plate"):
-        ReweightedWakeSleep(2).loss(KEY, {}, unplated_model, unplated_guide)
-    # a max_plate_nesting below the model's own plates is refused the same way
+    loss = ReweightedWakeSleep(4)
+    x = jnp.asarray(0.7)
+    plain = loss.loss(KEY, {}, program(0.0, False, True), program(0.5, False, False), x)
+    as_event = loss.loss(KEY, {}, program(0.0, True, True), program(0.5, True, False), x)
+    np.testing.assert_allclose(plain, as_event, rtol=1e-6)
+
+
+def test_too_small_max_plate_nesting_is_explained():
     with pytest.raises(ValueError, match="max_plate_nesting"):
         ReweightedWakeSleep(2, max_plate_nesting=0).loss(KEY, EXACT, model, guide, X_FAR)
 
 
 # -- non-finite values outside jit ---------------------------------------------------------
+def blind_guide(x):  # does not read x, so that only the model meets its values
+    with numpyro.plate("data", x.shape[-1]):
+        numpyro.sample("z", dist.Normal(0.0, 1.0))
+
+
 @pytest.mark.filterwarnings("ignore:Out-of-support values")  # NumPyro's own, about the nan
-def test_non_finite_data_warns_naming_terms_and_sites():
-    def blind_guide(x):  # does not read x, so that only the model meets the nan
+def test_non_finite_site_warns_naming_terms_and_sites():
+    def log_normal_model(x):
         with numpyro.plate("data", x.shape[-1]):
-            numpyro.sample("z", dist.Normal(0.0, 1.0))
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.sample("x", dist.LogNormal(z, 1.0), obs=x)
 
     loss = ReweightedWakeSleep(num_particles=2)
+    finite_but_negative = jnp.array([1.0, -1.0, 2.0])  # log of -1: a NaN log-density
     with pytest.warns(NonFiniteLossWarning) as record:
-        value = loss.loss(KEY, EXACT, model, blind_guide, X_FAR.at[1].set(jnp.nan))
+        value = loss.loss(KEY, {}, log_normal_model, blind_guide, finite_but_negative)
     assert not np.isfinite(float(value))
     message = next(str(w.message) for w in record if w.category is NonFiniteLossWarning)
     assert "'loss'" in message and "model site 'x'" in message

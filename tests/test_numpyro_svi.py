@@ -13,6 +13,7 @@ import optax
 import pytest
 from numpyro.infer import SVI
 from numpyro_linear_gaussian import guide, model
+from optax.tree_utils import tree_set
 
 from numpyro_wakesleep import (
     AlternatingSVI,
@@ -104,6 +105,16 @@ def _same_tree(a, b) -> bool:
         np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
+
+def _assert_refused(refused, state) -> None:
+    """``refused`` keeps every part of ``state`` but the key, which moves on (so that the
+    next step draws fresh particles)."""
+    assert _same_tree(refused.params, state.params)
+    assert _same_tree(refused.model_optim_state, state.model_optim_state)
+    assert _same_tree(refused.guide_optim_state, state.guide_optim_state)
+    assert int(refused.phase) == int(state.phase)
+    assert not np.array_equal(np.asarray(refused.rng_key), np.asarray(state.rng_key))
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +213,48 @@ def test_non_finite_loss_is_refused(alternating):
         assert int(state.phase) == phase
         refused, value = update(state, bad)
         assert not np.isfinite(float(value))
-        assert _same_tree(refused.params, state.params)
-        assert _same_tree(refused.model_optim_state, state.model_optim_state)
-        assert _same_tree(refused.guide_optim_state, state.guide_optim_state)
-        assert int(refused.phase) == phase
-        # only the key moves on, so that the next step draws fresh particles
-        assert not np.array_equal(np.asarray(refused.rng_key), np.asarray(state.rng_key))
+        _assert_refused(refused, state)
         state, value = update(refused, X)  # the next finite step goes through
         assert np.isfinite(float(value)) and _changed(refused.params, state.params)
+
+
+@pytest.fixture(scope="module")
+def scaled_alternating():
+    """As ``alternating``, each side's Adam step then multiplied by a scale kept in its state."""
+    scaled_adam = optax.chain(optax.adam(0.01), optax.inject_hyperparams(optax.scale)(1.0))
+    svi = AlternatingSVI(
+        shared_model, shared_guide, scaled_adam, scaled_adam, ReweightedWakeSleep(3)
+    )
+    return svi, svi.init(jax.random.PRNGKey(0), X), jax.jit(svi.update)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize("bad_side", ["model", "guide"])
+def test_step_to_non_finite_parameters_is_refused(scaled_alternating, bad_side, jit):
+    # The loss is finite, the optimiser's update is not (Adam's step times +inf): the step
+    # must be refused like one with a non-finite loss, in the phase of either side.
+    svi, good, jitted = scaled_alternating
+    update = jitted if jit else svi.update
+    phase = 0 if bad_side == "model" else 1
+    side_state = f"{bad_side}_optim_state"
+    inf = jnp.array(jnp.inf, jnp.float32)  # of the scale's dtype: no second compilation
+    good = good._replace(phase=jnp.asarray(phase, jnp.int32))
+    state = good._replace(**{side_state: tree_set(getattr(good, side_state), step_size=inf)})
+    refused, value = update(state, X)
+    assert np.isnan(float(value)), "a refused step reports NaN, so that run() counts it"
+    _assert_refused(refused, state)
+    if jit:  # the control (compiled already; an eager step takes a second): scale 1 passes
+        accepted, _ = update(good, X)
+        assert _changed(good.params, accepted.params) and int(accepted.phase) == 1 - phase
+
+
+def test_run_counts_steps_refused_for_non_finite_parameters(scaled_alternating):
+    svi, good, _ = scaled_alternating
+    inf = jnp.array(jnp.inf, jnp.float32)
+    state = good._replace(model_optim_state=tree_set(good.model_optim_state, step_size=inf))
+    with pytest.warns(NonFiniteLossWarning, match="4 of 4 steps"):
+        result = svi.run(jax.random.PRNGKey(1), 4, X, progress_bar=False, init_state=state)
+    assert not _changed(svi.get_params(state), result.params)
 
 
 def test_run_warns_about_refused_steps_and_keeps_the_parameters():

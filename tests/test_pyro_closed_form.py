@@ -345,6 +345,7 @@ def test_subsampled_exact_guide_value_is_scaled_minibatch_evidence(
         num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1
     )
     per_datapoint = log_evidence(data)
+    loss.loss(model, guide, data, BATCH, [])  # the first call also checks the vectorisation
     for _ in range(5):
         record: list = []
         value = loss.loss(model, guide, data, BATCH, record)
@@ -459,9 +460,10 @@ def test_global_latent_weights_are_joint(
     loss = ReweightedWakeSleep(
         num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1
     )
-    value = loss.loss(
-        beta_bernoulli_model, make_beta_guide(draws), coin_flips, subsample_size, indices
-    )
+    guide = make_beta_guide(draws)
+    loss.loss(beta_bernoulli_model, guide, coin_flips, subsample_size, [])
+    draws.clear()  # the first call also ran the vectorisation check
+    value = loss.loss(beta_bernoulli_model, guide, coin_flips, subsample_size, indices)
     p = torch.cat([d.reshape(-1) for d in draws])
     assert p.shape == (num_particles,)
     for idx in indices[1:]:  # sequential: every particle sees the first particle's batch

@@ -161,8 +161,11 @@ def test_many_datapoints_per_datapoint_vs_joint_weights() -> None:
     ours = ReweightedWakeSleep(**settings)
     for name, loss in (("ours", ours), ("pyro", pyro.infer.ReweightedWakeSleep(**settings))):
         record: list = []
+        guide = make_local_guide(record)
+        loss.loss(local_model, guide, x)  # ours checks its vectorisation at the first call
+        record.clear()
         pyro.set_rng_seed(11)
-        loss.loss_and_grads(local_model, make_local_guide(record), x)
+        loss.loss_and_grads(local_model, guide, x)
         (draws[name],) = record
         grads[name] = take_grads()
     assert torch.equal(draws["ours"], draws["pyro"])  # the same samples

@@ -12,18 +12,27 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
 
 __all__ = [
     "FIRST_PHASE",
     "DreamArgs",
     "DreamRoutingError",
     "ModelGuideMismatchError",
+    "NonFiniteDataError",
     "NonFiniteLossWarning",
     "Phase",
+    "ROUTING_HINTS",
+    "RowAccess",
+    "SubSample",
     "check_draw_arguments",
     "check_objective_arguments",
     "check_site_match",
+    "not_an_instance",
+    "non_finite_data_error",
     "route_dreams",
 ]
 
@@ -49,6 +58,42 @@ class ModelGuideMismatchError(ValueError):
 
 class NonFiniteLossWarning(RuntimeWarning):
     """A wake-sleep step met a non-finite term and changed no parameter."""
+
+
+class NonFiniteDataError(ValueError):
+    """An observed site holds NaN or infinite values where no mask hides them."""
+
+
+def non_finite_data_error(
+    site: str,
+    bad: np.ndarray,
+    kinds: list[str],
+    sub_sampled: dict[int, np.ndarray],
+    mask_statement: str,
+) -> NonFiniteDataError:
+    """The error for an observed site holding ``kinds`` (``"NaN"``, ``"inf"``).
+
+    :param bad: boolean, one entry per element of the site's batch dimensions: whether that
+        datapoint holds a non-finite value that no mask hides.
+    :param sub_sampled: ``{axis of bad: the data-set indices along it}`` for sub-sampled
+        plates, so that datapoints are named by their index in the data set.
+    :param mask_statement: ``"poutine.mask"`` or ``"handlers.mask"``, for the advice.
+    """
+    positions = np.argwhere(bad)
+    for axis, indices in sub_sampled.items():
+        positions[:, axis] = np.asarray(indices)[positions[:, axis]]
+    shown = [int(p[0]) if len(p) == 1 else tuple(int(i) for i in p) for p in positions[:10]]
+    shown = shown if np.ndim(bad) else []
+    if shown:
+        more = f", ... ({len(positions)} in all)" if len(positions) > len(shown) else ""
+        where = f"at datapoint(s) {', '.join(map(str, shown))}{more}"
+    else:
+        where = "(the site has no batch dimension to point at)"
+    return NonFiniteDataError(
+        f"Observed site '{site}' holds {' and '.join(kinds)} {where}. Wake-sleep needs finite "
+        "observations: remove or impute those values, or hide missing ones with "
+        f"{mask_statement}(mask=...) (False where missing). No parameter was changed."
+    )
 
 
 def _check_count(name: str, value: object) -> int:
@@ -81,7 +126,19 @@ def check_draw_arguments(
         raise ValueError(f"vectorize must be True or False, got {vectorize!r}.")
 
 
+def not_an_instance(objective: str | None = None) -> str:
+    """The message for an objective class handed to SVI where an instance belongs
+    (``objective`` the class name, when known)."""
+    name = objective or "ReweightedWakeSleep"
+    which = f"the class {objective}" if objective else "an objective class"
+    return (
+        f"SVI was given {which} where an objective instance belongs: write loss={name}() "
+        f"(with parentheses, and any arguments inside them, e.g. {name}(num_particles=10))."
+    )
+
+
 def check_objective_arguments(
+    objective: str,
     num_particles: object,
     insomnia: object,
     num_sleep_particles: object,
@@ -91,6 +148,8 @@ def check_objective_arguments(
     dream_args: object,
 ) -> None:
     """Raise ``ValueError`` naming the first invalid constructor argument of an objective."""
+    if callable(num_particles):  # SVI called the class itself with (model, guide, ...)
+        raise ValueError(not_an_instance(objective))
     _check_count("num_particles", num_particles)
     if num_sleep_particles is not None:
         _check_count("num_sleep_particles", num_sleep_particles)
@@ -156,6 +215,29 @@ def _takes_observations(guide: Callable) -> bool:
         return False
 
 
+class RowAccess(Protocol):
+    """How a backend reads and writes the rows of an argument along one dimension."""
+
+    def holds(self, argument: Any, dim: int, indices: Any, value: Any) -> Any:
+        """Whether ``value`` is ``argument``'s rows ``indices`` along ``dim`` (counted from the
+        right): ``False`` when it is not; else ``True``, or a traced boolean when only the
+        compiled step can tell (NumPyro under ``jit``)."""
+
+    def write(self, argument: Any, dim: int, indices: Any, dream: Any, holds: Any) -> Any:
+        """``argument`` with ``dream`` written at rows ``indices`` along ``dim`` where ``holds``
+        (the answer of :meth:`holds`); ``dream`` may carry leading dimensions (vectorised
+        dreams) that the result then carries too."""
+
+
+@dataclass(frozen=True)
+class SubSample:
+    """The rows of the full data a sub-sampled plate reads: the plate's dimension, counted
+    from the right of the observed *value* (event dimensions included), and its indices."""
+
+    dim: int
+    indices: Any
+
+
 def route_dreams(
     guide: Callable,
     dreamed: dict[str, Any],
@@ -163,16 +245,26 @@ def route_dreams(
     args: tuple,
     kwargs: dict,
     dream_args: DreamArgs | None = None,
+    *,
+    sub_samples: dict[str, list[SubSample]] | None = None,
+    rows: RowAccess | None = None,
+    hint: str = "",
 ) -> tuple[tuple, dict]:
     """The guide's ``(args, kwargs)`` for a sleep pass that shows it the ``dreamed`` observations.
 
     In order of precedence: (1) ``dream_args(dreamed, args, kwargs)``; (2) a guide parameter
     named ``observations`` receives ``dreamed`` (the convention of Pyro's
-    ``ReweightedWakeSleep`` and ``CSIS``); (3) every argument that *is* (by identity) an
-    observed value of the wake pass, ``real[site]``, is replaced by ``dreamed[site]``.
+    ``ReweightedWakeSleep`` and ``CSIS``); (3) every argument that *is* (by identity) the
+    observed value of the wake pass, ``real[site]``, is replaced by ``dreamed[site]`` —
+    every one, so that the guide never sees real data beside dreamed latents; (4) for a site
+    with none, every argument whose rows at a sub-sampled plate's indices
+    (``sub_samples[site]``) are the observed value — ``obs=x[idx]`` with ``x`` an argument —
+    gets the dreams written at those rows (through ``rows``).
 
-    :raises DreamRoutingError: naming the observed sites and the three options, when no
-        rule applies or ``dream_args`` returns something other than ``(args, kwargs)``.
+    :param hint: a last sentence for the errors (how to do without a sleep phase).
+    :raises DreamRoutingError: naming the observed sites and the ways to route them, when a
+        site has no argument, two sites claim the same argument, or ``dream_args`` returns
+        something other than ``(args, kwargs)``.
     """
     if dream_args is not None:
         routed = dream_args(dreamed, args, kwargs)
@@ -190,25 +282,54 @@ def route_dreams(
     if _takes_observations(guide):
         return args, {**kwargs, "observations": dreamed}
 
-    new_args, new_kwargs = list(args), dict(kwargs)
+    arguments: dict[int | str, Any] = {**dict(enumerate(args)), **kwargs}
+    writes: dict[int | str, tuple[str, Any]] = {}  # argument -> (site, its dreamed value)
+    unrouted = []
     for site, value in real.items():
-        position = next((i for i, a in enumerate(args) if a is value), None)
-        keyword = next((k for k, v in kwargs.items() if v is value), None)
-        if position is not None:
-            new_args[position] = dreamed[site]
-        elif keyword is not None:
-            new_kwargs[keyword] = dreamed[site]
-        else:
-            break
-    else:
-        if real:
-            return tuple(new_args), new_kwargs
+        found = {key: dreamed[site] for key, a in arguments.items() if a is value}
+        if not found and rows is not None:
+            for key, a in arguments.items():
+                for sub in (sub_samples or {}).get(site, ()):
+                    holds = rows.holds(a, sub.dim, sub.indices, value)
+                    if holds is not False:
+                        found[key] = rows.write(a, sub.dim, sub.indices, dreamed[site], holds)
+        if not found:
+            unrouted.append(site)
+        for key, new in found.items():
+            if key in writes and writes[key][0] != site:
+                raise DreamRoutingError(
+                    f"The observed sites '{writes[key][0]}' and '{site}' both hold argument "
+                    f"{_argument_name(key)} of the call, so the sleep phase cannot tell which "
+                    "dream to show the guide there. Pass each observed value as its own "
+                    f"argument, or route the dreams yourself. {_ROUTING_OPTIONS} {hint}".rstrip()
+                )
+            writes[key] = (site, new)
+    if real and not unrouted:
+        new_args = [writes[i][1] if i in writes else a for i, a in enumerate(args)]
+        new_kwargs = {k: writes[k][1] if k in writes else v for k, v in kwargs.items()}
+        return tuple(new_args), new_kwargs
     raise DreamRoutingError(
         f"The sleep phase cannot show the guide the dreamed values of the observed site(s) "
-        f"{sorted(real)}: no argument of the call is the observed value itself. Do one of: "
-        "(1) pass dream_args=lambda observations, args, kwargs: (new_args, new_kwargs) to the "
-        "objective; (2) give the guide a keyword parameter `observations=None` and read the "
-        "data from observations[site] when it is given; (3) pass each observed value to "
-        "model and guide as an argument and use it unchanged as `obs=`. Or set insomnia=1 "
-        "(no sleep phase)."
+        f"{sorted(unrouted or real)}: no argument of the call is the observed value itself, "
+        "nor the full data that a sub-sampled plate's indices select it from "
+        f"(obs=x[idx]). {_ROUTING_OPTIONS} {hint}".rstrip()
     )
+
+
+#: The last sentence of a routing error: how each objective trains without dreams.
+ROUTING_HINTS = {
+    "ReweightedWakeSleep": "Or set insomnia=1 (no sleep phase).",
+    "WakeSleep": "Or train with ReweightedWakeSleep(insomnia=1), whose guide needs no dreams.",
+}
+
+_ROUTING_OPTIONS = (
+    "Do one of: (1) pass dream_args=lambda observations, args, kwargs: (new_args, "
+    "new_kwargs) to the objective; (2) give the guide a keyword parameter "
+    "`observations=None` and read the data from observations[site] when it is given; "
+    "(3) pass each observed value to model and guide as an argument and use it unchanged "
+    "as `obs=`, or as `obs=x[idx]` with idx the indices of its sub-sampled plate."
+)
+
+
+def _argument_name(key: int | str) -> str:
+    return f"#{key} (positional)" if isinstance(key, int) else f"'{key}'"
