@@ -12,6 +12,11 @@ diagnostics); the checkpoint stores the keys as they stand. Each step is one jit
 that draws the mini-batch indices and runs :meth:`numpyro.infer.SVI.update`; losses stay
 on the device and are fetched every :data:`LOG_EVERY` steps, so the host does not wait
 for the device at every step.
+
+A Ctrl-C stops the run between two steps (:class:`wakesleep.training.CtrlC`): it never
+interrupts a JAX computation, and the run waits for the device before it writes the
+checkpoint and exits with a line that says how to resume. The final checkpoint is written
+before the evaluation, so a Ctrl-C there leaves a run that ``--resume`` evaluates again.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from numpyro.infer.svi import SVIState
 from tqdm.auto import tqdm
 
 from wakesleep import cli, outputs, training
-from wakesleep.datasets import BinaryDataset, load_dataset
+from wakesleep.datasets import BinaryDataset
 from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 
 from .evaluation import importance_log_likelihood, importance_log_weights
@@ -45,7 +50,6 @@ __all__ = ["main", "train"]
 
 BACKEND = "numpyro_wakesleep"
 CHECKPOINT = "checkpoint.pkl"
-#: The run's settings that a resumed run must share with the checkpoint.
 #: Losses are fetched from the device (and the progress bar updated) every this many steps.
 LOG_EVERY = 50
 
@@ -158,6 +162,7 @@ def _select_start(
     batch_key: Array,
     train_x: Array,
     args: argparse.Namespace,
+    ctrl_c: training.CtrlC,
 ) -> tuple[SVIState, Array, list[float]]:
     """``--restarts``: train every candidate from its own start; the best one's state and curve.
 
@@ -172,11 +177,14 @@ def _select_start(
     batch_keys = random.split(batch_key, args.restarts)
     steps_of_all = jax.jit(jax.vmap(step, in_axes=(0, 0, None)))
     values = []
-    progress = tqdm(range(steps), unit="step",
-                    desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts")  # fmt: skip
-    for _ in progress:
-        states, batch_keys, value = steps_of_all(states, batch_keys, train_x)
-        values.append(value)
+    with tqdm(range(steps), unit="step",
+              desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts") as progress:  # fmt: skip
+        for _ in progress:
+            if ctrl_c.pressed:
+                jax.block_until_ready(states)  # nothing left computing as the run unwinds
+                ctrl_c.check()  # no checkpoint yet: nothing to save
+            states, batch_keys, value = steps_of_all(states, batch_keys, train_x)
+            values.append(value)
     # fetched one by one: a jnp.stack of thousands of arrays is one slow XLA compilation
     curves = np.stack(jax.device_get(values), axis=1).astype(np.float64) / len(train_x)
     best = training.best_restart(curves)
@@ -185,15 +193,21 @@ def _select_start(
 
 
 def _nll(
-    machine: HelmholtzMachine, params: dict, images: Array, exact: bool, rng_key: Array
+    machine: HelmholtzMachine,
+    params: dict,
+    images: Array,
+    exact: bool,
+    rng_key: Array,
+    ctrl_c: training.CtrlC,
 ) -> float:
-    """Mean negative log-likelihood per image, nats."""
+    """Mean negative log-likelihood per image, nats; a Ctrl-C stops it between batches."""
     if exact:
         top, layers = machine.generative_weights(params)
         return float(-helmholtz_log_marginal(np.asarray(images), top, layers).mean())
     total = 0.0
     starts = range(0, len(images), 100)
     for key, start in zip(random.split(rng_key, len(starts)), starts, strict=True):
+        ctrl_c.check(evaluating=True)  # the previous batch is fetched: nothing computing
         batch = images[start : start + 100]
         log_px = importance_log_likelihood(
             machine.model, machine.guide, params, batch, rng_key=key,
@@ -225,16 +239,25 @@ def _diagnostics(
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run the job described by parsed, default-resolved ``args``; return the metrics."""
+    """Run the job described by parsed, default-resolved ``args``; return the metrics.
+
+    Bad data exit before ``--out`` is created; a Ctrl-C raises
+    :class:`wakesleep.training.Interrupted` where the run can stop cleanly.
+    """
     device = _device(args.device)
-    out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
-    data: BinaryDataset = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
-    with jax.default_device(device):
-        return _train_on_device(args, data, out)
+    data = cli.load_data(args)
+    with training.CtrlC() as ctrl_c, jax.default_device(device):
+        out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
+        return _train_on_device(args, data, out, ctrl_c)
 
 
-def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -> dict:
-    """The body of :func:`train`, run with the chosen device as JAX's default device."""
+def _train_on_device(
+    args: argparse.Namespace, data: BinaryDataset, out: Path, ctrl_c: training.CtrlC
+) -> dict:
+    """The body of :func:`train`, run with the chosen device as JAX's default device.
+
+    Ctrl-C is acted on between steps and evaluation stages, once the device is idle.
+    """
     # uncommitted arrays on the default device: committing only some inputs of the jitted
     # step would make its second call compile again
     train_x = jnp.asarray(data.train, dtype=jnp.float32)
@@ -256,7 +279,7 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
     elif args.restarts > 1:
         svi_state, batch_key, curve = _select_start(
             init, _step_function(svi, num_data, args.batch_size), init_key, batch_key, train_x,
-            args,
+            args, ctrl_c,
         )  # fmt: skip
         start_step = training.selection_steps(args.steps, args.restarts)
     else:
@@ -270,47 +293,52 @@ def _train_on_device(args: argparse.Namespace, data: BinaryDataset, out: Path) -
         curve.extend(float(v) / num_data for v in jax.device_get(pending))
         pending.clear()
 
-    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
-                    desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step")  # fmt: skip
-    for step in progress:
-        svi_state, batch_key, value = step_fn(svi_state, batch_key, train_x)
-        pending.append(value)
-        if (step + 1) % LOG_EVERY == 0:
-            fetch()
-            progress.set_postfix(loss=f"{np.mean(curve[-LOG_EVERY:]):.3f}")
-        if training.is_checkpoint_step(step + 1, args.steps):
-            fetch()
-            elapsed = seconds + time.perf_counter() - began
-            state = _checkpoint_state(step + 1, elapsed, curve, batch_key, svi_state, args)
-            _save_checkpoint(out, state)
+    # closed on the way out, so that a Ctrl-C's message is the last line on the terminal
+    with tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+              desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step") as progress:  # fmt: skip
+        for step in progress:
+            svi_state, batch_key, value = step_fn(svi_state, batch_key, train_x)
+            pending.append(value)
+            if (step + 1) % LOG_EVERY == 0:
+                fetch()
+                progress.set_postfix(loss=f"{np.mean(curve[-LOG_EVERY:]):.3f}")
+            stop = ctrl_c.pressed  # read once: a Ctrl-C from now on waits for the next step
+            if stop or training.is_checkpoint_step(step + 1, args.steps):
+                fetch()  # the state is fetched too: the device is idle once it is saved
+                elapsed = seconds + time.perf_counter() - began
+                state = _checkpoint_state(step + 1, elapsed, curve, batch_key, svi_state, args)
+                _save_checkpoint(out, state)
+            if stop:
+                raise training.Interrupted(step + 1)
     fetch()
     seconds += time.perf_counter() - began
 
+    # the final checkpoint is on disk: a Ctrl-C from here on leaves a run that --resume
+    # evaluates again. Every stage fetches its result, so none leaves the device busy.
     params = svi.get_params(svi_state)
     nll_train_key, nll_test_key, sample_key, diagnostics_key = random.split(eval_key, 4)
     exact = helmholtz_enumerable(args.layers)
     bars_kl = None
     if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
         bars_kl = float(bars_kl_bits(*machine.generative_weights(params)))
-    metrics = outputs.run_metrics(
-        BACKEND,
-        args,
-        seconds,
-        _nll(machine, params, training.train_nll_images(train_x, exact), exact, nll_train_key),
-        _nll(machine, params, test_x, exact, nll_test_key),
-        exact,
-        bars_kl,
-    )
+    train_images = training.train_nll_images(train_x, exact)
+    train_nll = _nll(machine, params, train_images, exact, nll_train_key, ctrl_c)
+    test_nll = _nll(machine, params, test_x, exact, nll_test_key, ctrl_c)
+    metrics = outputs.run_metrics(BACKEND, args, seconds, train_nll, test_nll, exact, bars_kl)
+    ctrl_c.check(evaluating=True)
     outputs.write_metrics(out, metrics)
-    samples = machine.sample(params, sample_key, args.num_samples)
-    outputs.save_samples(out, np.asarray(samples), data.image_shape)
+    samples = np.asarray(machine.sample(params, sample_key, args.num_samples))
+    outputs.save_samples(out, samples, data.image_shape)
     outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
+    ctrl_c.check(evaluating=True)
     _diagnostics(machine, params, test_x, out, diagnostics_key)
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = cli.resolve_defaults(cli.parse_train_args(BACKEND, argv))
-    metrics = train(args)
+    """``python -m numpyro_wakesleep train ...``: train, write the outputs, print the metrics."""
+    args = cli.parse_train_args(BACKEND, argv)
+    with cli.exit_on_interrupt(args.out, CHECKPOINT):
+        metrics = train(args)
     print(outputs.summary_line(metrics))
     return metrics

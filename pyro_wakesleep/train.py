@@ -5,6 +5,11 @@ through :mod:`wakesleep.cli` and :mod:`wakesleep.outputs`. A checkpoint
 (``checkpoint.pt``) holds parameters, optimiser state, every random-number
 generator and the curve, so ``--resume`` ends where an uninterrupted run with
 the same seed ends.
+
+A Ctrl-C stops the run between two steps, where the checkpoint is consistent
+(:class:`wakesleep.training.CtrlC`), writes it and exits with a line that says how to
+resume. The final checkpoint is written before the evaluation, so a Ctrl-C there leaves
+a run that ``--resume`` evaluates again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pyro.optim import Adam, LambdaLR, PyroLRScheduler, PyroOptim
 from tqdm.auto import tqdm
 
 from wakesleep import cli, outputs, training
-from wakesleep.datasets import BinaryDataset, load_dataset
+from wakesleep.datasets import BinaryDataset
 from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 
 from .evaluation import importance_log_likelihood, importance_log_weights
@@ -95,13 +100,16 @@ def _load_checkpoint(out: Path, args: argparse.Namespace, device: torch.device) 
     return state
 
 
-def _nll(machine: HelmholtzMachine, images: torch.Tensor, exact: bool) -> float:
-    """Mean negative log-likelihood per image, nats."""
+def _nll(
+    machine: HelmholtzMachine, images: torch.Tensor, exact: bool, ctrl_c: training.CtrlC
+) -> float:
+    """Mean negative log-likelihood per image, nats; a Ctrl-C stops it between batches."""
     if exact:
         top, layers = machine.generative_weights()
         return float(-helmholtz_log_marginal(images.cpu().numpy(), top, layers).mean())
     total = 0.0
     for start in range(0, len(images), 100):
+        ctrl_c.check(evaluating=True)
         batch = images[start : start + 100]
         log_px = importance_log_likelihood(
             machine.model, machine.guide, batch, num_particles=5000, chunk_size=250
@@ -162,7 +170,10 @@ def _restore(svi: SVI, batches: torch.Generator, state: dict) -> None:
 
 
 def _select_start(
-    args: argparse.Namespace, train_x: torch.Tensor, batches: torch.Generator
+    args: argparse.Namespace,
+    train_x: torch.Tensor,
+    batches: torch.Generator,
+    ctrl_c: training.CtrlC,
 ) -> dict:
     """``--restarts``: train each candidate from its own start; the best one's state and curve.
 
@@ -171,27 +182,46 @@ def _select_start(
     picks the winner. No checkpoint is written meanwhile.
     """
     steps = training.selection_steps(args.steps, args.restarts)
-    progress = tqdm(total=steps * args.restarts, unit="step",
-                    desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts")  # fmt: skip
     states, curves = [], []
-    for _ in range(args.restarts):
-        pyro.clear_param_store()
-        machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init)
-        machine = machine.to(train_x.device)
-        svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
-        curves.append([_step(svi, train_x, batches, args.batch_size) for _ in range(steps)])
-        states.append(copy.deepcopy(_training_state(svi, batches)))
-        progress.update(steps)
-    progress.close()
+    with tqdm(total=steps * args.restarts, unit="step",
+              desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts") as progress:  # fmt: skip
+        for _ in range(args.restarts):
+            pyro.clear_param_store()
+            machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init)
+            machine = machine.to(train_x.device)
+            svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
+            curve = []
+            for _ in range(steps):
+                ctrl_c.check()  # no checkpoint yet: nothing to save
+                curve.append(_step(svi, train_x, batches, args.batch_size))
+            curves.append(curve)
+            states.append(copy.deepcopy(_training_state(svi, batches)))
+            progress.update(steps)
     best = training.best_restart(np.asarray(curves))
     return {**states[best], "curve": curves[best]}
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run the job described by parsed, default-resolved ``args``; return the metrics."""
+    """Run the job described by parsed, default-resolved ``args``; return the metrics.
+
+    Bad data exit before ``--out`` is created; a Ctrl-C raises
+    :class:`wakesleep.training.Interrupted` where the run can stop cleanly.
+    """
     device = _device(args.device)
-    out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
-    data: BinaryDataset = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
+    data = cli.load_data(args)
+    with training.CtrlC() as ctrl_c:
+        out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
+        return _train(args, data, out, device, ctrl_c)
+
+
+def _train(
+    args: argparse.Namespace,
+    data: BinaryDataset,
+    out: Path,
+    device: torch.device,
+    ctrl_c: training.CtrlC,
+) -> dict:
+    """The body of :func:`train`, Ctrl-C acted on between steps and evaluation stages."""
     train_x = torch.as_tensor(data.train, dtype=torch.float32, device=device)
     test_x = torch.as_tensor(data.test, dtype=torch.float32, device=device)
 
@@ -207,43 +237,48 @@ def train(args: argparse.Namespace) -> dict:
         _restore(svi, batches, state)
         start_step, seconds, curve = state["step"], state["seconds"], state["curve"]
     elif args.restarts > 1:
-        state = _select_start(args, train_x, batches)
+        state = _select_start(args, train_x, batches, ctrl_c)
         _restore(svi, batches, state)
         start_step, curve = training.selection_steps(args.steps, args.restarts), state["curve"]
 
-    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
-                    desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step")  # fmt: skip
-    for step in progress:
-        curve.append(_step(svi, train_x, batches, args.batch_size))
-        if (step + 1) % 50 == 0:
-            progress.set_postfix(loss=f"{np.mean(curve[-50:]):.3f}")
-        if training.is_checkpoint_step(step + 1, args.steps):
-            elapsed = seconds + time.perf_counter() - began
-            _save_checkpoint(out, _checkpoint_state(step + 1, elapsed, curve, batches, svi, args))
+    # closed on the way out, so that a Ctrl-C's message is the last line on the terminal
+    with tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+              desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step") as progress:  # fmt: skip
+        for step in progress:
+            curve.append(_step(svi, train_x, batches, args.batch_size))
+            if (step + 1) % 50 == 0:
+                progress.set_postfix(loss=f"{np.mean(curve[-50:]):.3f}")
+            stop = ctrl_c.pressed  # read once: a Ctrl-C from now on waits for the next step
+            if stop or training.is_checkpoint_step(step + 1, args.steps):
+                elapsed = seconds + time.perf_counter() - began
+                state = _checkpoint_state(step + 1, elapsed, curve, batches, svi, args)
+                _save_checkpoint(out, state)
+            if stop:
+                raise training.Interrupted(step + 1)
     seconds += time.perf_counter() - began
 
+    # the final checkpoint is on disk: a Ctrl-C from here on leaves a run that --resume
+    # evaluates again
     exact = helmholtz_enumerable(args.layers)
     bars_kl = None
     if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
         bars_kl = float(bars_kl_bits(*machine.generative_weights()))
-    metrics = outputs.run_metrics(
-        BACKEND,
-        args,
-        seconds,
-        _nll(machine, training.train_nll_images(train_x, exact), exact),
-        _nll(machine, test_x, exact),
-        exact,
-        bars_kl,
-    )
+    train_nll = _nll(machine, training.train_nll_images(train_x, exact), exact, ctrl_c)
+    test_nll = _nll(machine, test_x, exact, ctrl_c)
+    metrics = outputs.run_metrics(BACKEND, args, seconds, train_nll, test_nll, exact, bars_kl)
+    ctrl_c.check(evaluating=True)
     outputs.write_metrics(out, metrics)
     outputs.save_samples(out, machine.sample(args.num_samples).cpu().numpy(), data.image_shape)
     outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
+    ctrl_c.check(evaluating=True)
     _diagnostics(machine, test_x, out)
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = cli.resolve_defaults(cli.parse_train_args(BACKEND, argv))
-    metrics = train(args)
+    """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics."""
+    args = cli.parse_train_args(BACKEND, argv)
+    with cli.exit_on_interrupt(args.out, CHECKPOINT):
+        metrics = train(args)
     print(outputs.summary_line(metrics))
     return metrics

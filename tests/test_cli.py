@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +21,11 @@ from wakesleep.cli import (
     DATASET_DEFAULTS,
     build_parser,
     check_resume,
+    exit_on_interrupt,
     layers_type,
+    load_data,
     parse_train_args,
+    prepare_out_dir,
     resolve_defaults,
     run_settings,
 )
@@ -30,6 +38,7 @@ from wakesleep.outputs import (
     write_json,
     write_metrics,
 )
+from wakesleep.training import CtrlC, Interrupted
 
 BACKENDS = ("pyro_wakesleep", "numpyro_wakesleep")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -319,3 +328,237 @@ assert not [m for m in banned[:4] if m in sys.modules]
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- data and --out
+
+
+def _file_args(path: Path, tmp_path: Path):
+    return parse_train_args(
+        "pyro_wakesleep", _train("--data-file", str(path), "--algorithm", "rws", out=str(tmp_path))
+    )
+
+
+def _grey(rows: int = 10, pixels: int = 64) -> np.ndarray:
+    images = np.random.default_rng(0).integers(0, 2, size=(rows, pixels)).astype(np.float64)
+    images[2, 3] = 0.5
+    return images
+
+
+def _with_nan() -> np.ndarray:
+    images = _grey()
+    images[2, 3], images[6, 0] = 1.0, np.nan
+    return images
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("nowhere.npy", None, "does not exist"),
+        ("grey.npy", _grey(), "not 0 or 1"),
+        ("holes.npy", _with_nan(), "NaN in row 6"),
+        ("cube.npy", np.zeros((4, 8, 8)), "x.reshape(len(x), -1)"),
+        ("text.npy", b"0 1 0 1", "could not read it"),
+        ("images.csv", b"0,1", "unknown extension"),
+    ],
+)
+def test_bad_data_files_are_one_line_errors(tmp_path, name, content, says):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
+    with pytest.raises(SystemExit) as info:
+        load_data(_file_args(path, tmp_path / "run"))
+    message = str(info.value.code)
+    assert message.startswith("error: --data-file: ") and says in message
+    assert "\n" not in message
+
+
+def test_a_missing_optional_dependency_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    args = parse_train_args("pyro_wakesleep", _train("--dataset", "digits", "--algorithm", "ws"))
+    with pytest.raises(SystemExit, match=r"^error: --dataset digits: .*wakesleep\[data\]"):
+        load_data(args)
+
+
+def test_a_batch_larger_than_the_training_set_is_a_one_line_error(tmp_path):
+    images = np.random.default_rng(1).integers(0, 2, size=(21, 64), dtype=np.uint8)
+    np.save(tmp_path / "small.npy", images)
+    args = _file_args(tmp_path / "small.npy", tmp_path / "run")  # --batch-size 100
+    with pytest.raises(SystemExit, match=r"^error: --batch-size 100 is more than the 18 "):
+        load_data(args)
+    args.batch_size = 18
+    data = load_data(args)
+    assert data.train.shape == (18, 64) and data.image_shape == (8, 8)
+
+
+def test_a_refused_out_folder_is_not_created(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit, match="no checkpoint.pt"):
+        prepare_out_dir(out, "checkpoint.pt", resume=True)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit, match="is a file; give a folder"):
+        prepare_out_dir(tmp_path / "file", "checkpoint.pt", resume=False)
+    assert (tmp_path / "file").read_text() == "mine"
+    # a folder of the user's is used as it is, and never emptied
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert prepare_out_dir(tmp_path / "mine", "checkpoint.pt", resume=False) == tmp_path / "mine"
+    assert prepare_out_dir(out, "checkpoint.pt", resume=False).is_dir()
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def _main(backend: str):
+    return importlib.import_module(f"{backend}.train").main
+
+
+@pytest.mark.parametrize(
+    ("images", "says"),
+    [
+        (None, "does not exist"),
+        (np.full((9, 64), np.inf), "inf in rows 0, 1, 2, 3, 4, ..."),
+        (np.full((9, 64), 0.3), "not 0 or 1"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trainers_check_the_data_before_making_the_out_folder(tmp_path, backend, images, says):
+    path = tmp_path / "mine.npy"
+    if images is not None:
+        np.save(path, images)
+    argv = _train("--data-file", str(path), "--algorithm", "rws", out=str(tmp_path / "new"))
+    with pytest.raises(SystemExit, match=r"^error: --data-file: ") as info:
+        _main(backend)(argv)
+    assert says in str(info.value.code)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match=r"^error: --data-file: "):
+        _main(backend)([*argv[:-1], str(tmp_path / "mine")])
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "backend", ["pyro_wakesleep", pytest.param("numpyro_wakesleep", marks=pytest.mark.slow)]
+)
+def test_trainers_take_a_data_file_of_any_width(tmp_path, backend):
+    # 64 pixels, the width of scikit-learn's digits, was once refused
+    images = np.random.default_rng(0).integers(0, 2, size=(70, 64), dtype=np.uint8)
+    np.save(tmp_path / "digits.npy", images)
+    flags = ("--layers", "4", "--steps", "6", "--restarts", "1", "--num-samples", "30",
+             "--batch-size", "8")  # fmt: skip
+    argv = _train("--data-file", str(tmp_path / "digits.npy"), "--algorithm", "ws", *flags)
+    metrics = _main(backend)([*argv[:-1], str(tmp_path / "run")])
+    assert metrics["dataset"] == "file" and metrics["nll_method"] == "exact"
+    assert 0 < metrics["test_nll_nats"] < 2 * 64 * math.log(2)  # finite, near chance
+    assert np.load(tmp_path / "run" / "samples.npy").shape == (30, 64)
+    assert (tmp_path / "run" / "samples.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_is_recorded_until_a_safe_point_and_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with CtrlC() as ctrl_c:
+        ctrl_c.check()  # nothing pressed: nothing raised
+        signal.raise_signal(signal.SIGINT)
+        assert ctrl_c.pressed
+        with pytest.raises(Interrupted) as info:
+            ctrl_c.check(evaluating=True)
+        assert info.value.evaluating and isinstance(info.value, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_leaves_an_ignored_sigint_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert not ctrl_c.pressed and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize(
+    ("error", "has_checkpoint", "says"),
+    [
+        (Interrupted(1234), True, "Interrupted at step 1234; checkpoint saved in {out}. "
+         "Resume with the same command plus --resume."),
+        (Interrupted(evaluating=True), True, "Interrupted during the final evaluation; the "
+         "trained machine is saved in {out}. Resume with the same command plus --resume to "
+         "redo the evaluation."),
+        (KeyboardInterrupt(), True, "Interrupted; the last checkpoint is in {out}. Resume with "
+         "the same command plus --resume."),
+        (Interrupted(), False, "Interrupted before the first checkpoint; nothing to resume. "
+         "Run the command again."),
+        (KeyboardInterrupt(), False, "Interrupted before the first checkpoint"),
+    ],
+)  # fmt: skip
+def test_an_interrupted_run_exits_130_with_one_line_on_how_to_go_on(
+    tmp_path, capsys, error, has_checkpoint, says
+):
+    if has_checkpoint:
+        (tmp_path / "checkpoint.pkl").write_bytes(b"saved")
+    with pytest.raises(SystemExit) as info, exit_on_interrupt(tmp_path, "checkpoint.pkl"):
+        raise error
+    assert info.value.code == 130
+    captured = capsys.readouterr()
+    assert captured.err.startswith(says.format(out=tmp_path)) and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+# --------------------------------------------------------------------------- as a user meets it
+
+
+def _run_module(backend: str, *flags: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", backend, "train", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bad_data_file_is_one_line_without_traceback_and_creates_no_folder(backend, tmp_path):
+    np.save(tmp_path / "holes.npy", _with_nan())
+    out = tmp_path / "run"
+    process = _run_module(
+        backend, "--data-file", str(tmp_path / "holes.npy"), "--algorithm", "rws", "--out", str(out)
+    )
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert re.fullmatch(r"error: --data-file: .*holes\.npy: NaN in row 6 [^\n]*\n", stderr), stderr
+    assert stdout == "" and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_in_training_saves_a_checkpoint_and_says_how_to_resume(backend, tmp_path):
+    out = tmp_path / "run"
+    flags = ("--dataset", "bars", "--algorithm", "rws", "--steps", "1000000", "--restarts", "1")
+    process = _run_module(backend, *flags, "--out", str(out))
+    deadline = time.monotonic() + 60
+    while not out.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the run is set up (and compiled) or training: Ctrl-C waits for a step
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    last = stderr.splitlines()[-1]
+    match = re.fullmatch(
+        rf"Interrupted at step (\d+); checkpoint saved in {re.escape(str(out))}\. Resume with "
+        r"the same command plus --resume\.",
+        last,
+    )
+    assert match, stderr
+    assert "Traceback" not in stderr and int(match[1]) >= 1
+    assert [path.name for path in out.glob("checkpoint.*")] and not (out / "metrics.json").exists()

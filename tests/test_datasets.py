@@ -12,7 +12,9 @@ from wakesleep.datasets import (
     BinaryDataset,
     DataFileNotFoundError,
     bars_distribution,
+    image_shape_of,
     load_binarized_mnist,
+    load_data_file,
     load_dataset,
     sample_bars,
 )
@@ -201,8 +203,8 @@ def test_binary_dataset_validates_its_arrays():
 # --------------------------------------------------------------------------- own files
 
 
-def _binary_images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 2, size=(n, 784), dtype=np.uint8)
+def _binary_images(n: int, seed: int, pixels: int = 784) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, size=(n, pixels), dtype=np.uint8)
 
 
 def test_npy_single_array_gets_a_fixed_split(tmp_path):
@@ -260,10 +262,12 @@ def test_amat_single_file_and_train_valid_test_siblings(tmp_path):
 
 def test_missing_file_is_a_clear_error(tmp_path):
     path = tmp_path / "nowhere.npy"
-    with pytest.raises(DataFileNotFoundError, match="No such file") as info:
+    with pytest.raises(DataFileNotFoundError, match="does not exist") as info:
         load_binarized_mnist(path)
     assert isinstance(info.value, ValueError) and isinstance(info.value, FileNotFoundError)
     assert "nowhere.npy" in str(info.value)
+    with pytest.raises(DataFileNotFoundError, match="is a folder, not a file"):
+        load_data_file(tmp_path)
 
 
 def test_unknown_extension(tmp_path):
@@ -276,10 +280,11 @@ def test_unknown_extension(tmp_path):
 @pytest.mark.parametrize(
     ("array", "pattern"),
     [
-        (np.zeros(784, dtype=np.uint8), r"2-D array of shape \(N, 784\).*found.*\(784,\)"),
-        (np.zeros((5, 28, 28), dtype=np.uint8), r"\(5, 28, 28\).*reshape\(len\(x\), 784\)"),
-        (np.zeros((5, 100), dtype=np.uint8), r"expected 784 columns.*found 100 columns"),
+        (np.zeros(784, dtype=np.uint8), r"2-D array of shape \(N, pixels\).*found.*\(784,\)"),
+        (np.zeros((5, 28, 28), dtype=np.uint8), r"\(5, 28, 28\).*reshape\(len\(x\), -1\)"),
+        (np.zeros((5, 8, 8), dtype=np.uint8), r"\(5, 8, 8\).*reshape\(len\(x\), -1\)"),
         (np.zeros((0, 784), dtype=np.uint8), "no images"),
+        (np.zeros((5, 0), dtype=np.uint8), "no images"),
         (np.zeros((1, 784), dtype=np.uint8), "at least 2"),
         (np.array([["a"] * 784] * 3), "expected numbers"),
     ],
@@ -294,16 +299,111 @@ def test_wrong_shapes_are_clear_errors(tmp_path, array, pattern):
 def test_non_binary_values_are_counted_and_thresholding_is_suggested(tmp_path):
     images = _binary_images(10, 7).astype(np.float64)
     images[0, :3] = [0.5, 255.0, 17.0]
-    images[4, 9] = np.nan
+    images[4, 9] = -1.0
     path = tmp_path / "gray.npy"
     np.save(path, images)
     with pytest.raises(ValueError, match=r"4 of 7840 values are not 0 or 1.*127\.5") as info:
         load_binarized_mnist(path)
-    assert "(x > 0.5)" in str(info.value)
+    assert "in rows 0, 4)" in str(info.value) and "(x > 0.5)" in str(info.value)
+    assert "NaN" not in str(info.value)
 
     np.savez(tmp_path / "gray.npz", train=images, test=images)
     with pytest.raises(ValueError, match=r"gray\.npz\['train'\].*4 of 7840"):
         load_binarized_mnist(tmp_path / "gray.npz")
+
+
+def test_nan_and_inf_are_named_with_their_rows(tmp_path):
+    images = _binary_images(12, 8, pixels=64).astype(np.float32)
+    images[3, 5] = images[9, 0] = np.nan
+    images[7, 1] = -np.inf
+    images[0, 2] = 0.5  # not binary either, but NaN and inf are what to fix first
+    np.save(tmp_path / "holes.npy", images)
+    with pytest.raises(ValueError, match=r"holes\.npy: NaN in rows 3, 9 and inf in row 7 ") as info:
+        load_data_file(tmp_path / "holes.npy")
+    assert "not 0 or 1" not in str(info.value) and "np.isfinite" in str(info.value)
+
+    np.savez(tmp_path / "holes.npz", train=_binary_images(4, 0, pixels=64), test=images)
+    with pytest.raises(ValueError, match=r"holes\.npz\['test'\]: NaN in rows 3, 9"):
+        load_data_file(tmp_path / "holes.npz")
+
+    many = _binary_images(20, 1, pixels=64).astype(np.float64)
+    many[:, 0] = np.inf
+    np.save(tmp_path / "many.npy", many)
+    with pytest.raises(ValueError, match=r"inf in rows 0, 1, 2, 3, 4, \.\.\. \(20 rows\)"):
+        load_data_file(tmp_path / "many.npy")
+
+    text = "\n".join(" ".join(["0"] * 15 + [value]) for value in ("1", "nan", "0", "inf"))
+    (tmp_path / "holes.amat").write_text(text + "\n")
+    with pytest.raises(ValueError, match=r"holes\.amat: NaN in row 1 and inf in row 3 "):
+        load_data_file(tmp_path / "holes.amat")
+
+
+@pytest.mark.parametrize(
+    ("pixels", "shape"), [(64, (8, 8)), (16, (4, 4)), (10, (2, 5)), (7, (1, 7)), (784, (28, 28))]
+)
+def test_any_number_of_pixels_per_image(tmp_path, pixels, shape):
+    assert image_shape_of(pixels) == shape
+    images = _binary_images(14, 2, pixels=pixels)
+    np.save(tmp_path / "mine.npy", images)
+    data = load_data_file(tmp_path / "mine.npy")
+    assert data.image_shape == shape and data.num_visible == pixels
+    assert data.train.shape == (12, pixels) and data.test.shape == (2, pixels)
+
+    np.savez(tmp_path / "mine.npz", x_train=images[:10], x_test=images[10:])
+    data = load_data_file(tmp_path / "mine.npz")
+    assert np.array_equal(data.train, images[:10]) and data.image_shape == shape
+
+    np.savetxt(tmp_path / "mine_train.amat", images[:9], fmt="%d")
+    np.savetxt(tmp_path / "mine_test.amat", images[9:], fmt="%d")
+    data = load_data_file(tmp_path / "mine_train.amat")
+    assert np.array_equal(data.test, images[9:]) and data.image_shape == shape
+
+
+def test_the_digits_written_to_a_file_load_as_they_are(tmp_path):
+    # the 64-pixel digits were once refused as a --data-file
+    pytest.importorskip("sklearn")
+    digits = load_dataset("digits")
+    np.savez(tmp_path / "digits.npz", train=digits.train, test=digits.test)
+    data = load_data_file(tmp_path / "digits.npz")
+    assert data.image_shape == digits.image_shape == (8, 8)
+    assert np.array_equal(data.train, digits.train) and np.array_equal(data.test, digits.test)
+
+
+def test_image_shape_of_rejects_no_pixels():
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="positive number of pixels"):
+            image_shape_of(bad)
+
+
+def test_images_of_different_sizes_are_refused(tmp_path):
+    np.savez(tmp_path / "mixed.npz", train=_binary_images(4, 0, 64), test=_binary_images(4, 1, 63))
+    with pytest.raises(
+        ValueError, match=r"different sizes: .*\['train'\] has 64, .*\['test'\] has 63 pixels"
+    ):
+        load_data_file(tmp_path / "mixed.npz")
+
+    np.savetxt(tmp_path / "m_train.amat", _binary_images(3, 0, 16), fmt="%d")
+    np.savetxt(tmp_path / "m_valid.amat", _binary_images(3, 1, 15), fmt="%d")
+    np.savetxt(tmp_path / "m_test.amat", _binary_images(3, 2, 16), fmt="%d")
+    with pytest.raises(ValueError, match=r"m_valid\.amat has 15"):
+        load_data_file(tmp_path / "m_train.amat")
+
+
+def test_unreadable_files_say_how_to_save_them(tmp_path):
+    (tmp_path / "text.npy").write_text("0 1 0 1\n")
+    with pytest.raises(ValueError, match=r"text\.npy: could not read it as a \.npy.*np\.save\("):
+        load_data_file(tmp_path / "text.npy")
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"cut\.npz: could not read it as a \.npz.*np\.savez\("):
+        load_data_file(tmp_path / "cut.npz")
+    with (tmp_path / "array.npz").open("wb") as handle:
+        np.save(handle, _binary_images(3, 0, 16))
+    with pytest.raises(ValueError, match=r"array\.npz: holds a \.npy array.*name the file \.npy"):
+        load_data_file(tmp_path / "array.npz")
+    with (tmp_path / "archive.npy").open("wb") as handle:
+        np.savez(handle, train=_binary_images(3, 0, 16), test=_binary_images(3, 1, 16))
+    with pytest.raises(ValueError, match=r"archive\.npy: holds a \.npz archive.*\.npz"):
+        load_data_file(tmp_path / "archive.npy")
 
 
 def test_npz_without_known_keys_and_ragged_amat(tmp_path):
@@ -315,7 +415,3 @@ def test_npz_without_known_keys_and_ragged_amat(tmp_path):
     (tmp_path / "ragged.amat").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"ragged\.amat.*\.amat file"):
         load_binarized_mnist(tmp_path / "ragged.amat")
-
-    np.savetxt(tmp_path / "narrow.amat", np.zeros((4, 10)), fmt="%d")
-    with pytest.raises(ValueError, match="found 10 columns"):
-        load_binarized_mnist(tmp_path / "narrow.amat")

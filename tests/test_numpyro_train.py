@@ -26,14 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ctrl_c_after_first_checkpoint
 from jax import random
 from scipy import stats
+from trainer_helpers import interrupted, press_ctrl_c_after_first_call
 
 import numpyro_wakesleep.train as train_module
+import wakesleep.training as training
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
 from numpyro_wakesleep.train import CHECKPOINT, main
+from wakesleep.datasets import load_dataset
 from wakesleep.exact import helmholtz_log_marginal
 
 TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
@@ -99,20 +101,10 @@ def test_writes_every_output(finished, algorithm):
     assert checkpoint["run"]["algorithm"] == algorithm and checkpoint["run"]["seed"] == 0
 
 
-@pytest.mark.slow
-def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(
-    finished, tmp_path, monkeypatch
-):
-    # bars' default learning rate decays over --steps: the schedule must survive too
-    straight_folder, straight = finished["rws"]
-    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path)
-    assert load_checkpoint(tmp_path)["step"] == 5
-    monkeypatch.undo()
-    resumed = run(tmp_path, "--resume")
+def same_run(straight_folder: Path, straight: dict, folder: Path, resumed: dict) -> None:
+    """The resumed run in ``folder`` ended exactly where the uninterrupted one did."""
     a = load_checkpoint(straight_folder)
-    b = load_checkpoint(tmp_path)
+    b = load_checkpoint(folder)
     assert a["step"] == b["step"] == 12
     assert set(a["params"]) == set(b["params"])
     for name, value in a["params"].items():
@@ -124,8 +116,57 @@ def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(
     assert a["curve"] == b["curve"]
     for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
         assert straight[key] == resumed[key]
-    samples = [np.load(folder / "samples.npy") for folder in (straight_folder, tmp_path)]
+    samples = [np.load(f / "samples.npy") for f in (straight_folder, folder)]
     assert np.array_equal(*samples)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_ends(
+    finished, tmp_path, monkeypatch, capsys
+):
+    # bars' default learning rate decays over --steps: the schedule must survive too
+    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(
+        monkeypatch, train_module, "_save_checkpoint"
+    )  # during step 5's save
+    assert interrupted(capsys, run, tmp_path) == (
+        f"Interrupted at step 6; checkpoint saved in {tmp_path}. Resume with the same command "
+        "plus --resume."
+    )  # the step under way when Ctrl-C came was finished and saved
+    assert load_checkpoint(tmp_path)["step"] == 6 and len(load_checkpoint(tmp_path)["curve"]) == 6
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.undo()
+    resumed = run(tmp_path, "--resume")
+    same_run(*finished["rws"], tmp_path, resumed)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
+    finished, tmp_path, monkeypatch, capsys
+):
+    press_ctrl_c_after_first_call(monkeypatch, train_module, "_nll")  # the training NLL
+    assert interrupted(capsys, run, tmp_path) == (
+        f"Interrupted during the final evaluation; the trained machine is saved in {tmp_path}. "
+        "Resume with the same command plus --resume to redo the evaluation."
+    )
+    assert load_checkpoint(tmp_path)["step"] == 12
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.undo()
+    resumed = run(tmp_path, "--resume")
+    same_run(*finished["rws"], tmp_path, resumed)
+
+
+@pytest.mark.slow
+def test_reported_nlls_are_the_exact_mean_per_image(finished):
+    folder, metrics = finished["rws"]
+    assert metrics["nll_method"] == "exact"
+    params = load_checkpoint(folder)["params"]  # unconstrained, as the weights are
+    top, layers = HelmholtzMachine(16, (8, 1)).generative_weights(params)
+    data = load_dataset("bars")
+    for split, key in ((data.test, "test_nll_nats"), (data.train, "train_nll_nats")):
+        log_px = helmholtz_log_marginal(split, top, layers)
+        # a sum, or a mean over other images or another machine, is far outside this
+        assert metrics[key] == pytest.approx(-log_px.mean(), rel=1e-9, abs=0), key
 
 
 @pytest.mark.slow

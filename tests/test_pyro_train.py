@@ -8,12 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from conftest import ctrl_c_after_first_checkpoint
+from trainer_helpers import interrupted, press_ctrl_c_after_first_call
 
 import pyro_wakesleep.train as train_module
+import wakesleep.training as training
+from pyro_wakesleep.helmholtz import HelmholtzMachine
 from pyro_wakesleep.train import CHECKPOINT, main
+from wakesleep.datasets import load_dataset
+from wakesleep.exact import helmholtz_log_marginal
 
 TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
         "--restarts", "2"]  # fmt: skip
@@ -56,16 +62,69 @@ def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12)
         assert a[key] == b[key]
 
 
-def test_interrupted_run_resumes_to_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_ends(
+    tmp_path, monkeypatch, capsys
+):
     # bars' default learning rate decays over --steps: the schedule must survive too
     straight = run(tmp_path / "straight")
-    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed")
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["step"] == 5
+    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(
+        monkeypatch, train_module, "_save_checkpoint"
+    )  # during step 5's save
+    folder = tmp_path / "resumed"
+    assert interrupted(capsys, run, folder) == (
+        f"Interrupted at step 6; checkpoint saved in {folder}. Resume with the same command "
+        "plus --resume."
+    )  # the step under way when Ctrl-C came was finished and saved
+    assert torch.load(folder / CHECKPOINT, weights_only=False)["step"] == 6
+    assert not (folder / "metrics.json").exists()
     monkeypatch.undo()
-    resumed = run(tmp_path / "resumed", "--resume")
-    _same_run(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
+    resumed = run(folder, "--resume")
+    _same_run(tmp_path / "straight", folder, straight, resumed)
+
+
+def test_a_keyboard_interrupt_between_safe_points_exits_cleanly_too(tmp_path, monkeypatch, capsys):
+    # a second Ctrl-C raises at once; the last checkpoint written is the one to resume
+    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
+    assert interrupted(capsys, run, tmp_path).startswith(
+        f"Interrupted; the last checkpoint is in {tmp_path}."
+    )
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["step"] == 5
+    monkeypatch.undo()
+    assert run(tmp_path, "--resume")["steps"] == 12
+
+
+def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
+    tmp_path, monkeypatch, capsys
+):
+    straight = run(tmp_path / "straight")
+    press_ctrl_c_after_first_call(monkeypatch, train_module, "_nll")  # the training NLL
+    folder = tmp_path / "resumed"
+    assert interrupted(capsys, run, folder) == (
+        f"Interrupted during the final evaluation; the trained machine is saved in {folder}. "
+        "Resume with the same command plus --resume to redo the evaluation."
+    )
+    assert torch.load(folder / CHECKPOINT, weights_only=False)["step"] == 12
+    assert not (folder / "metrics.json").exists()
+    monkeypatch.undo()
+    resumed = run(folder, "--resume")
+    _same_run(tmp_path / "straight", folder, straight, resumed)
+    assert np.array_equal(
+        np.load(folder / "samples.npy"), np.load(tmp_path / "straight" / "samples.npy")
+    )
+
+
+def test_reported_nlls_are_the_exact_mean_per_image(tmp_path):
+    metrics = run(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["nll_method"] == "exact"
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    pyro.get_param_store().set_state(state["params"])
+    top, layers = HelmholtzMachine(16, (8, 1)).generative_weights()
+    data = load_dataset("bars")
+    for split, key in ((data.test, "test_nll_nats"), (data.train, "train_nll_nats")):
+        log_px = helmholtz_log_marginal(split, top, layers)
+        # a sum, or a mean over other images or another machine, is far outside this
+        assert metrics[key] == pytest.approx(-log_px.mean(), rel=1e-9, abs=0), key
 
 
 def test_extended_run_ends_where_a_longer_run_ends(tmp_path):

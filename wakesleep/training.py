@@ -9,15 +9,23 @@
   tells the runs apart early (benchmarks/results/training.md). Only training data are used,
   as with scikit-learn's ``n_init``.
 - :func:`is_checkpoint_step`: when the checkpoint is written.
+- :class:`CtrlC` and :class:`Interrupted`: Ctrl-C stops a run where it can stop cleanly,
+  with a checkpoint to resume from.
 """
 
 from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
 
 import numpy as np
 
 __all__ = [
     "IMPORTANCE_TRAIN_IMAGES",
     "MIN_CHECKPOINT_INTERVAL",
+    "CtrlC",
+    "Interrupted",
     "best_restart",
     "is_checkpoint_step",
     "learning_rate",
@@ -71,3 +79,62 @@ def best_restart(curves: np.ndarray) -> int:
         raise ValueError(f"curves must have shape (restarts, steps >= 1), got {curves.shape}.")
     last = max(1, curves.shape[1] // 5)
     return int(np.argmin(curves[:, -last:].mean(axis=1)))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that a trainer acted on where its run could stop cleanly.
+
+    :param step: the step of the checkpoint written on the way out; ``None`` when none was
+        (the ``--restarts`` candidates were training) or in the evaluation.
+    :param evaluating: the training had finished and its final checkpoint was written; the
+        evaluation that follows was stopped.
+    """
+
+    def __init__(self, step: int | None = None, *, evaluating: bool = False) -> None:
+        super().__init__(step, evaluating)
+        self.step = step
+        self.evaluating = evaluating
+
+
+class CtrlC:
+    """``with CtrlC() as ctrl_c:``: a Ctrl-C (SIGINT) sets ``ctrl_c.pressed`` instead of raising.
+
+    Python raises ``KeyboardInterrupt`` between any two bytecodes: in the middle of an
+    optimiser update (a checkpoint of half-updated parameters would not resume exactly),
+    of a checkpoint being written, or while JAX still computes asynchronously into buffers
+    that the unwinding frees (a crash was once seen). Within the block a trainer instead
+    looks at ``pressed`` between steps and between the stages of its evaluation and stops
+    there with :class:`Interrupted`. A second Ctrl-C raises ``KeyboardInterrupt`` at once,
+    for a run that does not reach such a point soon enough.
+
+    Outside the main thread, where signal handlers cannot be set, and where SIGINT is
+    ignored (a job started with ``nohup``), nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._restore: object = None  # the handler to put back on leaving
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self, step: int | None = None, *, evaluating: bool = False) -> None:
+        """Raise :class:`Interrupted` with these arguments if Ctrl-C was pressed."""
+        if self.pressed:
+            raise Interrupted(step, evaluating=evaluating)
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._handle)
+                # None: a handler set outside Python; the default is the nearest to it
+                self._restore = signal.SIG_DFL if previous is None else previous
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._restore is not None:
+            signal.signal(signal.SIGINT, self._restore)
+            self._restore = None

@@ -1,0 +1,37 @@
+"""Helpers of both trainers' tests: a real Ctrl-C at a chosen point, and the line it leaves."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def press_ctrl_c_after_first_call(
+    monkeypatch: pytest.MonkeyPatch, train_module: ModuleType, name: str
+) -> None:
+    """Press Ctrl-C (a real SIGINT) once, as the trainer's function ``name`` first returns."""
+    function = getattr(train_module, name)
+    calls = []
+
+    def then_ctrl_c(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if not calls:
+            signal.raise_signal(signal.SIGINT)
+        calls.append(args)
+        return result
+
+    monkeypatch.setattr(train_module, name, then_ctrl_c)
+
+
+def interrupted(capsys: pytest.CaptureFixture, run: Callable, out: Path, *extra: str) -> str:
+    """Run ``run(out, *extra)`` until a Ctrl-C; the one line it printed."""
+    with pytest.raises(SystemExit) as info:
+        run(out, *extra)
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
