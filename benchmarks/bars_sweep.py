@@ -1,6 +1,6 @@
 """How often one start of the bars machine reaches a given KL: many seeds at once (NumPyro).
 
-The trainer's bars defaults (``wakesleep/cli.py``) come from sweeps of this kind. Each seed
+The trainer's bars defaults (``wakesleep/trainer/arguments.py``) come from sweeps of this kind. Each seed
 is one start of the 16-8-1 machine of Hinton et al. (1995), trained exactly as
 ``python -m numpyro_wakesleep train --dataset bars --restarts 1`` trains it, all seeds as one
 vmapped computation. At a few points of the run it prints every seed's exact
@@ -28,11 +28,11 @@ from numpyro.infer import SVI
 
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
 from numpyro_wakesleep.losses import ReweightedWakeSleep, WakeSleep
-from wakesleep import training
-from wakesleep.cli import DATASET_DEFAULTS, decay_type, positive_float, positive_int
-from wakesleep.datasets import load_dataset
-from wakesleep.exact import bars_kl_bits
-from wakesleep.initialisation import INITS
+from wakesleep.trainer import schedule
+from wakesleep.trainer.arguments import DATASET_DEFAULTS, decay_type, positive_float, positive_int
+from wakesleep.trainer.datasets import load_dataset
+from wakesleep.trainer.exact import bars_kl_bits
+from wakesleep.trainer.initialisation import INITS
 
 
 def main() -> None:
@@ -57,8 +57,8 @@ def main() -> None:
         if args.algorithm == "rws"
         else WakeSleep(num_particles=args.particles)
     )
-    schedule = partial(training.learning_rate, args.lr, args.lr_decay, args.steps)
-    svi = SVI(machine.model, machine.guide, optax.adam(schedule), loss)
+    learning_rate = partial(schedule.learning_rate, args.lr, args.lr_decay, args.steps)
+    svi = SVI(machine.model, machine.guide, optax.adam(learning_rate), loss)
 
     def step(carry, _):
         state, key = carry
@@ -80,7 +80,7 @@ def main() -> None:
     init_keys, batch_keys = split[:, 0], split[:, 1]
     init = jax.vmap(partial(svi.init, num_data=num_data), in_axes=(0, None))
     states = jax.jit(init)(init_keys, train_x[: args.batch_size])
-    selection = training.selection_steps(args.steps, 2)
+    selection = schedule.selection_steps(args.steps, 2)
     marks = sorted({selection, args.steps // 4, args.steps})
     curves, done, began = [], 0, time.perf_counter()
     chosen = None
@@ -96,7 +96,7 @@ def main() -> None:
             for s in range(args.seeds)
         ]
         if mark == selection:
-            chosen = training.best_restart(curve)
+            chosen = schedule.best_restart(curve)
         print(f"step {mark} ({time.perf_counter() - began:.0f} s)")
         print("  seed  " + " ".join(f"{s:>6d}" for s in range(args.seeds)))
         print("  KL    " + " ".join(f"{k:6.3f}" for k in kl))

@@ -49,11 +49,20 @@ from wakesleep.contract import (
 from .traces import (
     DetachSamples,
     Trace,
+    VectorizationWarning,
     check_model_guide_match,
     log_density,
     observed_values,
     plate_sizes,
 )
+
+__all__ = ["DreamArgs", "DreamRoutingError", "Dreamer", "route_dreams"]
+
+#: What ``jax.vmap`` raises for a guide that runs one dream at a time but cannot be batched:
+#: a primitive without a batching rule (``jax.pure_callback`` without ``vmap_method``)
+#: raises ``NotImplementedError``; a batching rule that rejects its operands raises
+#: ``TypeError`` or ``ValueError``.
+BATCHING_ERRORS = (NotImplementedError, TypeError, ValueError)
 
 
 class ArrayRows:
@@ -124,20 +133,14 @@ class Dreamer:
 
     :param num_dreams: ``M``, the number of dreams per step (each one draw of the
         model's whole data plate).
-    :param vectorize: dream with ``jax.vmap`` rather than ``jax.lax.map``.
     :param dream_args: optional routing callable (see module docstring).
     :param routing_hint: the last sentence of a routing error (how to train without dreams).
     """
 
     def __init__(
-        self,
-        num_dreams: int,
-        vectorize: bool,
-        dream_args: DreamArgs | None,
-        routing_hint: str = "",
+        self, *, num_dreams: int, dream_args: DreamArgs | None, routing_hint: str = ""
     ) -> None:
         self.num_dreams = num_dreams
-        self.vectorize = vectorize
         self.dream_args = dream_args
         self.routing_hint = routing_hint
 
@@ -153,32 +156,37 @@ class Dreamer:
         plate_nesting: int,
         wake_model_trace: Trace,
         wake_guide_trace: Trace,
-    ) -> Array:
-        """Scaled ``log q(z_m | x_m)`` of ``M`` dreams, each summed over its datapoints: shape ``(M,)``.
+        vectorize: bool,
+    ) -> tuple[Array, bool]:
+        """Scaled ``log q(z_m | x_m)`` of ``M`` dreams, each summed over its datapoints (shape
+        ``(M,)``), and whether dreams may stay vectorised.
 
         ``fixed`` (parameters and the wake pass's mini-batch indices) is substituted into
         model and guide, so dreams cover the same mini-batch with the same ``N/B`` scale.
+        ``vectorize`` dreams with ``jax.vmap`` rather than ``jax.lax.map``; a guide that
+        cannot be batched then dreams one at a time, with a warning, and the answer is
+        ``False``: the caller keeps it, so that later steps dream one at a time from the start.
         """
         keys = random.split(rng_key, self.num_dreams)
         dream = partial(
             self._dream, model, guide, args, kwargs, observed_values(wake_model_trace),
             sub_samples(wake_model_trace), fixed, plate_nesting,
         )  # fmt: skip
-        if self.vectorize:
+        if vectorize:
             seen: list[dict[str, int]] = []
             try:
                 log_q = jax.vmap(partial(dream, seen=seen))(keys)
             except (DreamRoutingError, ModelGuideMismatchError):
                 raise
-            except Exception:  # a guide that cannot be batched: retry one dream at a time
+            except BATCHING_ERRORS:  # a guide that cannot be batched: retry one dream at a time
                 log_q = None
             expected = plate_sizes(wake_guide_trace)
             if log_q is not None and all(sizes == expected for sizes in seen):
-                return log_q
+                return log_q, True
             log_q = jax.lax.map(dream, keys)  # raises the guide's own error if it fails too
-            self._fall_back()
-            return log_q
-        return jax.lax.map(dream, keys)
+            self._warn_fall_back()
+            return log_q, False
+        return jax.lax.map(dream, keys), False
 
     def _dream(
         self,
@@ -224,8 +232,7 @@ class Dreamer:
         # an observed site whose rows no argument held (known only under jit): no silent mix
         return jnp.where(rows.routed, log_q.reshape(()), jnp.nan)
 
-    def _fall_back(self) -> None:
-        self.vectorize = False
+    def _warn_fall_back(self) -> None:
         warnings.warn(
             f"Vectorised dreaming (jax.vmap over {self.num_dreams} dreams) failed for this "
             "guide, or the guide then built plates of other sizes than in the wake phase, so "
@@ -234,6 +241,6 @@ class Dreamer:
             "(a jax.pure_callback needs a vmap_method), and take plate sizes from the right "
             "of an input's shape (x.shape[-2] for a (batch, features) input) or pass them "
             "explicitly.",
-            RuntimeWarning,
+            VectorizationWarning,
             stacklevel=5,
         )

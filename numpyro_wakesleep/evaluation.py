@@ -10,78 +10,25 @@ are drawn in chunks and combined with a running log-sum-exp, so memory does not
 grow with ``K``. (Exact enumeration of small Helmholtz machines is in
 :mod:`wakesleep.exact`, fed by :meth:`~numpyro_wakesleep.helmholtz.HelmholtzMachine.generative_weights`.)
 
-Each chunk is one jitted call of :func:`numpyro_wakesleep.traces.importance_traces`.
-The compiled chunk is cached across calls: model, guide, the chunk size and every
-non-array argument (e.g. ``num_data``) are static, the parameters and array arguments
-are traced, so evaluating many batches of the same shape compiles once.
+Chunks are those of :func:`numpyro_wakesleep.traces.importance_chunks`: one compiled
+call each, cached across calls (model, guide, the chunk size and every non-array
+argument, e.g. ``num_data``, are static; the parameters and array arguments traced), so
+evaluating many batches of the same shape compiles once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-from jax import Array, random
+from jax import Array
 from jax.scipy.special import logsumexp
 
-from .traces import (
-    importance_traces,
-    join_arguments,
-    run_guide_and_model,
-    split_arguments,
-    subsample_indices,
-)
+from .traces import importance_chunks
 
 __all__ = ["importance_log_likelihood", "importance_log_weights"]
-
-
-def _chunk_log_weights(
-    rng_key: Array,
-    params: dict[str, Array],
-    arrays: list,
-    *,
-    model: Callable,
-    guide: Callable,
-    structure: tuple,
-    num_particles: int,
-    max_plate_nesting: float,
-) -> Array:
-    """Log-weights ``(num_particles, *datapoints)`` of one chunk of particles."""
-    args, kwargs = join_arguments(structure, arrays)
-    wake = importance_traces(
-        model,
-        guide,
-        args,
-        kwargs,
-        rng_key=rng_key,
-        params=params,
-        num_particles=num_particles,
-        max_plate_nesting=max_plate_nesting,
-        vectorize=True,
-    )
-    log_weights = jax.lax.stop_gradient(wake.log_weights)
-    return log_weights.reshape((len(log_weights), *wake.per_datapoint(log_weights[0]).shape))
-
-
-_STATIC = ("model", "guide", "structure", "num_particles", "max_plate_nesting")
-#: Compiled once per (model, guide, static arguments, chunk size, input shapes).
-_jitted_chunk_log_weights = jax.jit(_chunk_log_weights, static_argnames=_STATIC)
-
-
-def _chunk_function(model: Callable, guide: Callable, structure: tuple) -> Callable:
-    """The cached jitted chunk function; a fresh one when something static is unhashable."""
-    try:
-        hash((model, guide, structure))
-    except TypeError:
-        return jax.jit(
-            partial(_chunk_log_weights, model=model, guide=guide, structure=structure),
-            static_argnames=("num_particles", "max_plate_nesting"),
-        )
-    return partial(_jitted_chunk_log_weights, model=model, guide=guide, structure=structure)
 
 
 def _log_weight_chunks(
@@ -96,29 +43,18 @@ def _log_weight_chunks(
     max_plate_nesting: float,
 ) -> Iterator[Array]:
     """Per-datapoint log-weights ``(chunk, *datapoints)``, ``chunk_size`` particles at a time."""
-    if num_particles < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
-        )
-    if max_plate_nesting != math.inf:
-        max_plate_nesting = int(max_plate_nesting)
-    # One mini-batch for every chunk: its plate indices, drawn once, are substituted like
-    # parameters (each chunk's own probe pass would otherwise draw a mini-batch of its own).
-    probe_key, rng_key = random.split(rng_key)
-    model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, probe_key)
-    params = {**params, **subsample_indices(guide_trace, model_trace)}
-    structure, arrays = split_arguments((args, kwargs))
-    chunk = _chunk_function(model, guide, structure)
-    starts = range(0, num_particles, chunk_size)
-    keys = random.split(rng_key, len(starts))
-    for key, start in zip(keys, starts, strict=True):
-        yield chunk(
-            key,
-            params,
-            arrays,
-            num_particles=min(chunk_size, num_particles - start),
-            max_plate_nesting=max_plate_nesting,
-        )
+    for chunk in importance_chunks(
+        model,
+        guide,
+        args,
+        kwargs,
+        rng_key=rng_key,
+        params=params,
+        num_particles=num_particles,
+        chunk_size=chunk_size,
+        max_plate_nesting=max_plate_nesting,
+    ):
+        yield chunk.log_weights
 
 
 def importance_log_likelihood(

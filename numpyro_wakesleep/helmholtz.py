@@ -13,12 +13,12 @@ Recognition (bottom-up)::
 ``model`` and ``guide`` are ordinary NumPyro programs over a ``(batch, D)`` array
 ``x``; any objective of this package trains them. Batch dimensions are read
 from the right. Parameters are ``numpyro.param`` sites whose starting values are drawn
-as :func:`wakesleep.initialisation.helmholtz_inits` says (``init="default"``: like
+as :func:`wakesleep.trainer.initialisation.helmholtz_inits` says (``init="default"``: like
 ``torch.nn.Linear``, top logits at zero; ``init="sparse"``: for sparse images of parts).
 
 Parameter values live outside the machine (in the SVI state), so the helpers that read
 them take the constrained parameter dictionary, ``svi.get_params(state)``:
-:meth:`HelmholtzMachine.generative_weights` for :mod:`wakesleep.exact` and
+:meth:`HelmholtzMachine.generative_weights` for :mod:`wakesleep.trainer.exact` and
 :meth:`HelmholtzMachine.sample` for images drawn from the generative model.
 """
 
@@ -36,7 +36,7 @@ import numpyro.distributions as dist
 from jax import Array, random
 from numpyro import handlers
 
-from wakesleep.initialisation import Uniform, helmholtz_inits
+from wakesleep.trainer.initialisation import Uniform, helmholtz_inits
 
 __all__ = ["HelmholtzMachine"]
 
@@ -82,7 +82,7 @@ class HelmholtzMachine:
         (``{name}_generative.*`` and ``{name}_recognition.*``), so that each phase of an
         alternating schedule touches only its own parameters.
     :param init: how parameters start, ``"default"`` or ``"sparse"``
-        (:mod:`wakesleep.initialisation`).
+        (:mod:`wakesleep.trainer.initialisation`).
     """
 
     def __init__(
@@ -151,7 +151,7 @@ class HelmholtzMachine:
         """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.
 
         ``layers[i]`` maps ``h_{i+1}`` to the logits of ``h_i`` (``h_0 = x``), weights in
-        ``torch.nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.exact`. The
+        ``torch.nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.trainer.exact`. The
         model's ``{name}_generative.layers.{i}.weight`` parameters already have that layout
         (``_linear`` computes ``h @ W.T + b``), so nothing is transposed.
 

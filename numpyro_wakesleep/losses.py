@@ -29,12 +29,14 @@ from numpyro.infer.elbo import ELBO
 
 from wakesleep.contract import (
     FIRST_PHASE,
+    PHASES,
     ROUTING_HINTS,
     ModelGuideMismatchError,
     NonFiniteDataError,
     NonFiniteLossWarning,
     Phase,
     check_objective_arguments,
+    non_finite_loss_message,
     not_an_instance,
 )
 
@@ -48,8 +50,6 @@ from .traces import (
 )
 
 __all__ = ["NonFiniteDataError", "NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
-
-_PHASES = tuple(dict.fromkeys(FIRST_PHASE.values()))  # "both", "model", "guide"
 
 
 def _is_traced(tree: Any) -> bool:
@@ -71,6 +71,7 @@ class _WakeSleepELBO(ELBO):
 
     def __init__(
         self,
+        *,
         num_particles: int,
         insomnia: float,
         num_sleep_particles: int | None,
@@ -80,9 +81,15 @@ class _WakeSleepELBO(ELBO):
         dream_args: DreamArgs | None,
     ) -> None:
         check_objective_arguments(
-            self._objective, num_particles, insomnia, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            self._objective,
+            num_particles=num_particles,
+            insomnia=insomnia,
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         self.insomnia = float(insomnia)
         self.num_sleep_particles = (
@@ -92,11 +99,12 @@ class _WakeSleepELBO(ELBO):
         self.alternate = alternate
         self.dream_args = dream_args
         self._dreamer = Dreamer(
-            self.num_sleep_particles,
-            vectorize_particles,
-            dream_args,
+            num_dreams=self.num_sleep_particles,
+            dream_args=dream_args,
             routing_hint=ROUTING_HINTS.get(self._objective, ""),
         )
+        # False once a guide could not be batched: dreams then run one at a time for good
+        self._vectorize_dreams = vectorize_particles
         self._warned_alternate = False
         self._last: dict[str, Array] = {}
 
@@ -192,8 +200,8 @@ class _WakeSleepELBO(ELBO):
         (``insomnia·wake-φ + (1 − insomnia)·sleep-φ``; no dreams are drawn in a model
         phase), ``"both"`` all of them. The value is the same in every phase.
         """
-        if phase not in _PHASES:
-            raise ValueError(f"phase must be one of {_PHASES}, got {phase!r}.")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
         loss, wake, _ = self._evaluate(rng_key, param_map, model, guide, args, kwargs, phase)
         mutable = {
             name: site["value"]
@@ -275,7 +283,7 @@ class _WakeSleepELBO(ELBO):
                 )
                 weighted.append(self.insomnia * terms["wake_phi"])
             if self.insomnia < 1.0:
-                log_q_dreams = self._dreamer.log_q(
+                log_q_dreams, self._vectorize_dreams = self._dreamer.log_q(
                     model,
                     guide,
                     args,
@@ -285,6 +293,7 @@ class _WakeSleepELBO(ELBO):
                     plate_nesting=wake.plate_nesting,
                     wake_model_trace=wake.model_trace,
                     wake_guide_trace=wake.guide_trace,
+                    vectorize=self._vectorize_dreams,
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
                 weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
@@ -304,23 +313,12 @@ class _WakeSleepELBO(ELBO):
     # -- diagnosis of a non-finite evaluation (outside jit only) ----------------------------
     @staticmethod
     def _diagnose(wake: ImportanceTraces, terms: dict[str, Array]) -> str:
-        bad_terms = [name for name, t in terms.items() if not bool(jnp.all(jnp.isfinite(t)))]
-        dead = jnp.all(wake.log_weights == -jnp.inf, axis=0)
-        parts = [f"Non-finite wake-sleep term(s) {bad_terms}."]
-        if bool(jnp.any(dead)):
-            parts.append(
-                f"{int(jnp.sum(dead))} datapoint(s) have zero weight under every particle "
-                "(log p(x, z) - log q(z|x) = -inf for all of them)."
-            )
-        bad_sites = [label for label, ok in wake.site_finite.items() if not bool(jnp.all(ok))]
-        if bad_sites:
-            parts.append(f"Non-finite log-probabilities at {', '.join(bad_sites)}.")
-        parts.append(
-            "Check that the guide proposes only values the model supports, that probabilities "
-            "are not exactly 0 or 1 (clamp logits), and the learning rate. Under jit, "
-            "AlternatingSVI and SVI(...).stable_update refuse such a step."
+        return non_finite_loss_message(
+            bad_terms=[name for name, t in terms.items() if not bool(jnp.all(jnp.isfinite(t)))],
+            dead_datapoints=int(jnp.sum(jnp.all(wake.log_weights == -jnp.inf, axis=0))),
+            bad_sites=[label for label, ok in wake.site_finite.items() if not bool(jnp.all(ok))],
+            advice=" Under jit, AlternatingSVI and SVI(...).stable_update refuse such a step.",
         )
-        return " ".join(parts)
 
 
 def _check_instance(loss: object) -> None:
@@ -345,8 +343,7 @@ def _scaled_sum(per_datapoint: Array, data_scale: float) -> Array:
 
 def _ess(log_weights: Array) -> Array:
     """Mean over datapoints of the effective sample size ``1 / Σ_k w̄_k²``."""
-    weights = objectives.normalized_weights(jax.lax.stop_gradient(log_weights))
-    return jnp.mean(1.0 / jnp.sum(weights**2, axis=0))
+    return jnp.mean(objectives.effective_sample_size(jax.lax.stop_gradient(log_weights)))
 
 
 class ReweightedWakeSleep(_WakeSleepELBO):
@@ -409,9 +406,14 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         dream_args: DreamArgs | None = None,
     ) -> None:
         super().__init__(
-            num_particles, insomnia, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            num_particles=num_particles,
+            insomnia=insomnia,
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
 
     def _bound(self, log_weights: Array) -> Array:
         return objectives.iwae_bound(log_weights)
@@ -445,9 +447,14 @@ class WakeSleep(_WakeSleepELBO):
         dream_args: DreamArgs | None = None,
     ) -> None:
         super().__init__(
-            num_particles, 0.0, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            num_particles=num_particles,
+            insomnia=0.0,  # the guide learns from dreams only
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
 
     def _bound(self, log_weights: Array) -> Array:
         return objectives.elbo_estimate(log_weights)

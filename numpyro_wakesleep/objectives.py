@@ -36,6 +36,7 @@ from jax.lax import stop_gradient
 from jax.scipy.special import logsumexp
 
 __all__ = [
+    "effective_sample_size",
     "elbo_estimate",
     "iwae_bound",
     "normalized_weights",
@@ -63,6 +64,11 @@ def elbo_estimate(log_weights: Array) -> Array:
 def normalized_weights(log_weights: Array) -> Array:
     r"""Self-normalised importance weights :math:`\bar w = \mathrm{softmax}_k(\log w)`."""
     return jax.nn.softmax(log_weights, axis=0)
+
+
+def effective_sample_size(log_weights: Array) -> Array:
+    r"""Importance-sampling effective sample size :math:`1 / \sum_k \bar w_k^2`, in ``[1, K]``."""
+    return 1.0 / jnp.sum(normalized_weights(log_weights) ** 2, axis=0)
 
 
 def rws_wake_theta_loss(log_p: Array, log_q: Array) -> Array:

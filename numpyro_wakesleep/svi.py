@@ -26,12 +26,16 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.svi import SVIRunResult
 
+from wakesleep.contract import Phase
+
 from .losses import NonFiniteLossWarning
 from .traces import non_finite_data_of, non_finite_observations, trace_params
 
 __all__ = ["AlternatingSVI", "AlternatingSVIState"]
 
-MODEL_PHASE, GUIDE_PHASE = 0, 1
+#: The phases an alternating schedule steps through; :attr:`AlternatingSVIState.phase` is
+#: an index into it (an int32, so that the state stays a pytree that ``jit`` can carry).
+ALTERNATING_PHASES: tuple[Phase, Phase] = ("model", "guide")
 
 
 class AlternatingSVIState(NamedTuple):
@@ -41,7 +45,8 @@ class AlternatingSVIState(NamedTuple):
     - **model_optim_state**, **guide_optim_state**: the Optax states of the model's and of
       the guide's parameters;
     - **mutable_state**: values of ``numpyro.mutable`` sites (or ``None``);
-    - **phase**: ``0`` when the next step updates the model, ``1`` the guide (int32);
+    - **phase**: what the next step updates, as an int32 index into ``("model", "guide")``;
+      :meth:`AlternatingSVI.phase` reads it as that string;
     - **rng_key**: the random key of the next step.
     """
 
@@ -180,21 +185,24 @@ class AlternatingSVI:
         self.model_param_names = frozenset(trace_params(model_trace))
         self.guide_param_names = frozenset(trace_params(guide_trace))
         params, mutable = _strong((params, mutable))
-        first = (
-            GUIDE_PHASE if getattr(self.loss, "first_phase", "model") == "guide" else MODEL_PHASE
-        )
+        first: Phase = "guide" if getattr(self.loss, "first_phase", "model") == "guide" else "model"
         return AlternatingSVIState(
             params=params,
             model_optim_state=self.model_optim.init(self._side(params, self.model_param_names)),
             guide_optim_state=self.guide_optim.init(self._side(params, self.guide_param_names)),
             mutable_state=mutable or None,
-            phase=jnp.asarray(first, dtype=jnp.int32),
+            phase=jnp.asarray(ALTERNATING_PHASES.index(first), dtype=jnp.int32),
             rng_key=rng_key,
         )
 
     def get_params(self, svi_state: AlternatingSVIState) -> dict[str, Array]:
         """The constrained values of every parameter of model and guide."""
         return self._constrain(svi_state.params)
+
+    @staticmethod
+    def phase(svi_state: AlternatingSVIState) -> Phase:
+        """What the next :meth:`update` of ``svi_state`` updates: ``"model"`` or ``"guide"``."""
+        return ALTERNATING_PHASES[int(svi_state.phase)]
 
     # -- steps ------------------------------------------------------------------------------
     def update(
@@ -220,12 +228,12 @@ class AlternatingSVI:
             return value, mutable, params, state.model_optim_state, optim_state
 
         value, mutable, params, model_opt, guide_opt = lax.cond(
-            svi_state.phase == MODEL_PHASE, model_step, guide_step, svi_state
+            svi_state.phase == ALTERNATING_PHASES.index("model"), model_step, guide_step, svi_state
         )
         finite = jnp.isfinite(value) & jnp.all(
             jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)] or [True])
         )
-        proposed = (params, model_opt, guide_opt, mutable, 1 - svi_state.phase)
+        proposed = (params, model_opt, guide_opt, mutable, 1 - svi_state.phase)  # the other phase
         kept = (
             svi_state.params,
             svi_state.model_optim_state,
@@ -322,7 +330,7 @@ class AlternatingSVI:
         return {**params, **lax.stop_gradient(mutable)}
 
     def _phase_loss(
-        self, phase: str, rng_key: Array, params: dict, args: tuple, kwargs: dict
+        self, phase: Phase, rng_key: Array, params: dict, args: tuple, kwargs: dict
     ) -> dict[str, Any]:
         kwargs = {**kwargs, **self.static_kwargs}
         call = (self.model, self.guide, *args)
@@ -335,7 +343,7 @@ class AlternatingSVI:
 
     def _side_step(
         self,
-        side: str,
+        side: Phase,
         state: AlternatingSVIState,
         optim_state: Any,
         rng_key: Array,

@@ -3,7 +3,7 @@
 The estimators of :mod:`numpyro_wakesleep.objectives` need, per particle and per
 datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
 
-- a *probe* pass runs guide and model once, outside any ``vmap``; it fixes the
+- a *probe* pass (:func:`probe`) runs guide and model once, outside any ``vmap``; it fixes the
   step's plate sub-sampling indices and tells which plates are data plates, how
   deeply plates nest and whether model and guide agree;
 - particles are a ``jax.vmap`` over particle keys (vectorised) or a
@@ -18,7 +18,9 @@ datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
   factor ``N/B``; that factor is returned separately (:attr:`ImportanceTraces.data_scale`)
   and applied by the caller after the log-sum-exp over particles. Any other
   scale (a sub-sampled plate that is not a data plate, ``handlers.scale``)
-  stays inside the log-weights, where it then targets the full-data posterior.
+  stays inside the log-weights, where it then targets the full-data posterior;
+- many particles (log-likelihoods, diagnostics) come ``chunk_size`` at a time from
+  :func:`importance_chunks`, one compiled call a chunk.
 
 Unlike the Pyro backend there is no particle plate: ``vmap`` adds the particle
 dimension outside the program, so model and guide always run on one particle.
@@ -27,9 +29,10 @@ dimension outside the program, so model and guide always run on one particle.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +45,22 @@ from numpyro.primitives import CondIndepStackFrame, Messenger
 from wakesleep.contract import (
     ModelGuideMismatchError,
     NonFiniteDataError,
+    VectorizationWarning,
     check_site_match,
     non_finite_data_error,
 )
 
 __all__ = [
     "DetachSamples",
+    "ImportanceChunk",
     "ImportanceTraces",
     "ModelGuideMismatchError",
+    "Probe",
+    "VectorizationWarning",
     "check_model_guide_match",
     "data_plates",
-    "full_size",
     "guess_plate_nesting",
+    "importance_chunks",
     "importance_traces",
     "join_arguments",
     "log_density",
@@ -61,8 +68,10 @@ __all__ = [
     "non_finite_observations",
     "observed_values",
     "plate_sizes",
+    "probe",
     "run_guide_and_model",
     "sample_sites",
+    "site_log_density",
     "site_nesting",
     "split_arguments",
     "subsample_indices",
@@ -136,7 +145,8 @@ def subsample_indices(*traces: Trace) -> dict[str, Array]:
     return indices
 
 
-def full_size(name: str, frame: CondIndepStackFrame, traces: Iterable[Trace]) -> int:
+def _full_size(name: str, frame: CondIndepStackFrame, traces: Iterable[Trace]) -> int:
+    """Size of plate ``name`` before sub-sampling, as its plate site records it."""
     for tr in traces:
         site = tr.get(name)
         if site is not None and site["type"] == "plate":
@@ -156,23 +166,29 @@ def log_density(
     """
     total = None
     for name, site in sample_sites(trace):
-        log_p = site["fn"].log_prob(site["value"])
-        scale = 1.0 if site["scale"] is None else site["scale"]
-        log_p = scale_and_mask(log_p, scale if scale_divisor == 1.0 else scale / scale_divisor)
-        log_p = jnp.asarray(log_p)
-        if log_p.ndim > ndim:
-            raise ValueError(
-                f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
-                f"dimensions than the {ndim} plates that enclose it. Declare each batch "
-                "dimension with a numpyro.plate, or move it into the event with .to_event(n); "
-                "if max_plate_nesting was given, check it counts every plate."
-            )
-        log_p = jnp.reshape(log_p, (1,) * (ndim - log_p.ndim) + log_p.shape)
-        sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
-        if sum_dims:
-            log_p = jnp.sum(log_p, axis=sum_dims, keepdims=True)
+        log_p = site_log_density(name, site, keep_dims, ndim, scale_divisor)
         total = log_p if total is None else total + log_p
     return total
+
+
+def site_log_density(
+    name: str, site: dict, keep_dims: frozenset[int], ndim: int, scale_divisor: float = 1.0
+) -> Array:
+    """One site's term of :func:`log_density`."""
+    log_p = site["fn"].log_prob(site["value"])
+    scale = 1.0 if site["scale"] is None else site["scale"]
+    log_p = scale_and_mask(log_p, scale if scale_divisor == 1.0 else scale / scale_divisor)
+    log_p = jnp.asarray(log_p)
+    if log_p.ndim > ndim:
+        raise ValueError(
+            f"Sample site '{name}' has batch shape {tuple(log_p.shape)}, which has more "
+            f"dimensions than the {ndim} plates that enclose it. Declare each batch "
+            "dimension with a numpyro.plate, or move it into the event with .to_event(n); "
+            "if max_plate_nesting was given, check it counts every plate."
+        )
+    log_p = jnp.reshape(log_p, (1,) * (ndim - log_p.ndim) + log_p.shape)
+    sum_dims = tuple(d for d in range(-ndim, 0) if d not in keep_dims and log_p.shape[d] != 1)
+    return jnp.sum(log_p, axis=sum_dims, keepdims=True) if sum_dims else log_p
 
 
 def observed_values(trace: Trace) -> dict[str, Array]:
@@ -210,10 +226,12 @@ def non_finite_observations(model_trace: Trace) -> NonFiniteDataError | None:
             batch_ndim + frame.dim: np.asarray(model_trace[frame.name]["value"])
             for frame in site["cond_indep_stack"]
             if frame.name in model_trace
-            and full_size(frame.name, frame, [model_trace]) != frame.size
+            and _full_size(frame.name, frame, [model_trace]) != frame.size
             and -batch_ndim <= frame.dim
         }
-        return non_finite_data_error(name, bad, kinds, sub_sampled, "handlers.mask")
+        return non_finite_data_error(
+            name, bad=bad, kinds=kinds, sub_sampled=sub_sampled, mask_statement="handlers.mask"
+        )
     return None
 
 
@@ -279,6 +297,12 @@ class ImportanceTraces:
         dims = sorted(frame.dim for frame in self.data_plates.values())
         return jnp.reshape(value, [value.shape[d] for d in dims])
 
+    @property
+    def datapoint_log_weights(self) -> Array:
+        """The log-weights with only the data plates' dims kept: ``(K, *datapoints)``."""
+        log_weights = self.log_weights
+        return log_weights.reshape((len(log_weights), *self.per_datapoint(log_weights[0]).shape))
+
 
 def run_guide_and_model(
     model: Callable,
@@ -322,6 +346,89 @@ def _site_finite(model_trace: Trace, guide_trace: Trace) -> dict[str, Array]:
     }
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One eager run of guide and model, outside any ``vmap``: what every particle shares.
+
+    ``fixed`` is what each particle substitutes: the parameter values (those missing from
+    ``params`` at the value they took here, so that a random initialiser is drawn once for
+    all particles) and the plates' mini-batch indices.
+    """
+
+    model_trace: Trace
+    guide_trace: Trace
+    fixed: dict[str, Array]
+    plate_nesting: int
+    data_plates: dict[str, CondIndepStackFrame]
+    data_scale: float
+
+    @property
+    def keep_dims(self) -> frozenset[int]:
+        """The data plates' dims, kept apart in the log-weights."""
+        return frozenset(frame.dim for frame in self.data_plates.values())
+
+
+def probe(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    rng_key: Array,
+    params: dict[str, Array],
+    max_plate_nesting: float,
+) -> Probe:
+    """Run guide and model once to fix the step's mini-batch and read its plate structure.
+
+    ``max_plate_nesting`` (``inf``: guessed from this run) is the number of plate
+    dimensions of the model. Raises :class:`ModelGuideMismatchError` when the programs'
+    sites disagree.
+    """
+    model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, rng_key)
+    check_model_guide_match(model_trace, guide_trace)
+    traces = (guide_trace, model_trace)
+    initial = {n: s["value"] for tr in traces for n, s in tr.items() if s["type"] == "param"}
+    plates = data_plates(model_trace, guide_trace)
+    return Probe(
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+        fixed={**initial, **params, **subsample_indices(*traces)},
+        plate_nesting=(
+            guess_plate_nesting(*traces)
+            if max_plate_nesting == math.inf
+            else int(max_plate_nesting)
+        ),
+        data_plates=plates,
+        data_scale=math.prod(_full_size(n, f, traces) / f.size for n, f in plates.items()),
+    )
+
+
+def _score_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    fixed: dict[str, Array],
+    keys: Array,
+    *,
+    plate_nesting: int,
+    keep_dims: frozenset[int],
+    data_scale: float,
+    vectorize: bool,
+    draws: tuple[str, ...] = (),
+) -> tuple[Array, Array, dict[str, Array], dict[str, Array]]:
+    """``log_p``, ``log_q`` ``(len(keys), *plate dims)``, per-site finiteness and the guide's
+    values of the ``draws`` sites, one particle per key, each substituting ``fixed``."""
+
+    def particle(key: Array) -> tuple[Array, Array, dict[str, Array], dict[str, Array]]:
+        model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, fixed, key)
+        log_p, log_q = _reduce(model_trace, guide_trace, keep_dims, plate_nesting, data_scale)
+        values = {name: guide_trace[name]["value"] for name in draws}
+        return log_p, log_q, _site_finite(model_trace, guide_trace), values
+
+    return (jax.vmap(particle) if vectorize else _sequential(particle))(keys)
+
+
 def importance_traces(
     model: Callable,
     guide: Callable,
@@ -336,38 +443,142 @@ def importance_traces(
 ) -> ImportanceTraces:
     """Draw ``num_particles`` guide samples and score them under model and guide.
 
-    A probe pass (outside the ``vmap``) draws the step's plate sub-sampling indices and
-    reads the plate structure; the particles, ``jax.vmap``-ed over their keys (or
+    A :func:`probe` pass (outside the ``vmap``) draws the step's plate sub-sampling indices
+    and reads the plate structure; the particles, ``jax.vmap``-ed over their keys (or
     ``jax.lax.map``-ped when ``vectorize`` is false), substitute those indices so that
     every particle sees the same mini-batch. ``max_plate_nesting`` (``inf``: guessed from
     the probe pass) is the number of plate dimensions of the model.
     """
     probe_key, particles_key = random.split(rng_key)
-    model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, params, probe_key)
-    check_model_guide_match(model_trace, guide_trace)
-    fixed = {**params, **subsample_indices(guide_trace, model_trace)}
-
-    plate_nesting = (
-        guess_plate_nesting(model_trace, guide_trace)
-        if max_plate_nesting == math.inf
-        else int(max_plate_nesting)
-    )
-    plates = data_plates(model_trace, guide_trace)
-    traces = (guide_trace, model_trace)
-    data_scale = math.prod(full_size(n, f, traces) / f.size for n, f in plates.items())
-    keep = frozenset(frame.dim for frame in plates.values())
-
-    def particle(key: Array) -> tuple[Array, Array, dict[str, Array]]:
-        m_trace, g_trace = run_guide_and_model(model, guide, args, kwargs, fixed, key)
-        log_p, log_q = _reduce(m_trace, g_trace, keep, plate_nesting, data_scale)
-        return log_p, log_q, _site_finite(m_trace, g_trace)
-
-    keys = random.split(particles_key, num_particles)
-    log_p, log_q, site_finite = (jax.vmap(particle) if vectorize else _sequential(particle))(keys)
-    return ImportanceTraces(
-        log_p, log_q, data_scale, plates, model_trace, guide_trace, plate_nesting, fixed,
-        site_finite,
+    shared = probe(
+        model, guide, args, kwargs, rng_key=probe_key, params=params,
+        max_plate_nesting=max_plate_nesting,
     )  # fmt: skip
+    log_p, log_q, site_finite, _ = _score_particles(
+        model, guide, args, kwargs, shared.fixed, random.split(particles_key, num_particles),
+        plate_nesting=shared.plate_nesting, keep_dims=shared.keep_dims,
+        data_scale=shared.data_scale, vectorize=vectorize,
+    )  # fmt: skip
+    return ImportanceTraces(
+        log_p, log_q, shared.data_scale, shared.data_plates, shared.model_trace,
+        shared.guide_trace, shared.plate_nesting, shared.fixed, site_finite,
+    )  # fmt: skip
+
+
+class ImportanceChunk(NamedTuple):
+    """One chunk of :func:`importance_chunks`.
+
+    - **log_weights**: ``(chunk, *datapoints)``, the data plates' dims outermost first
+      (no datapoint dims when the weights are joint);
+    - **draws**: the guide's values of its latent sites, ``(chunk, *site shape)`` (empty
+      unless asked for);
+    - **probe**: the pass that fixed the chunks' mini-batch and plate structure (the same
+      for every chunk).
+    """
+
+    log_weights: Array
+    draws: dict[str, Array]
+    probe: Probe
+
+
+def _chunk(
+    fixed: dict[str, Array],
+    arrays: list[Array],
+    keys: Array,
+    *,
+    model: Callable,
+    guide: Callable,
+    structure: tuple,
+    plate_nesting: int,
+    keep_dims: frozenset[int],
+    data_scale: float,
+    vectorize: bool,
+    draws: tuple[str, ...],
+) -> tuple[Array, dict[str, Array]]:
+    """Per-datapoint log-weights and the ``draws`` sites' values of one chunk of particles."""
+    args, kwargs = join_arguments(structure, arrays)
+    log_p, log_q, _, values = _score_particles(
+        model, guide, args, kwargs, fixed, keys, plate_nesting=plate_nesting,
+        keep_dims=keep_dims, data_scale=data_scale, vectorize=vectorize, draws=draws,
+    )  # fmt: skip
+    log_weights = jax.lax.stop_gradient(log_p - log_q)  # (chunk, *plate dims)
+    datapoints = [log_weights.shape[dim] for dim in sorted(keep_dims)]  # as per_datapoint
+    return log_weights.reshape((len(log_weights), *datapoints)), values
+
+
+_CHUNK_STATIC = (
+    "model", "guide", "structure", "plate_nesting", "keep_dims", "data_scale", "vectorize",
+    "draws",
+)  # fmt: skip
+#: Compiled once per (model, guide, static arguments, chunk size, input shapes): repeated
+#: evaluations and diagnostics of the same shapes do not recompile.
+_jitted_chunk = jax.jit(_chunk, static_argnames=_CHUNK_STATIC)
+
+
+def _chunk_function(**static: Any) -> Callable:
+    """The cached jitted chunk function; a fresh one when something static is unhashable."""
+    try:
+        hash(tuple(static.values()))
+    except TypeError:
+        return jax.jit(partial(_chunk, **static))
+    return partial(_jitted_chunk, **static)
+
+
+def importance_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    rng_key: Array,
+    params: dict[str, Array],
+    num_particles: int,
+    chunk_size: int,
+    max_plate_nesting: float = math.inf,
+    vectorize: bool = True,
+    keep_draws: bool = False,
+) -> Iterator[ImportanceChunk]:
+    """Per-datapoint log-weights of ``num_particles`` particles, ``chunk_size`` at a time.
+
+    Memory stays bounded however many particles are drawn. One :func:`probe` pass fixes the
+    mini-batch and the plate structure of every chunk; each chunk is one compiled call
+    (model, guide and the non-array arguments static, parameters and arrays traced),
+    cached across calls. The draws depend on ``rng_key`` only: the same key gives the same
+    particles whatever ``chunk_size`` and ``vectorize`` are. ``keep_draws`` also returns
+    the guide's latent values (they cost device memory).
+    """
+    if num_particles < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
+        )
+    probe_key, particles_key = random.split(rng_key)
+    shared = probe(
+        model, guide, args, kwargs, rng_key=probe_key, params=dict(params),
+        max_plate_nesting=max_plate_nesting,
+    )  # fmt: skip
+    latents = tuple(n for n, s in sample_sites(shared.guide_trace) if not s["is_observed"])
+    structure, arrays = split_arguments((args, kwargs))
+    run = _chunk_function(
+        model=model,
+        guide=guide,
+        structure=structure,
+        plate_nesting=shared.plate_nesting,
+        keep_dims=shared.keep_dims,
+        data_scale=shared.data_scale,
+        vectorize=vectorize,
+        draws=latents if keep_draws else (),
+    )
+    keys = random.split(particles_key, num_particles)
+    step = min(chunk_size, num_particles)
+    pad = -num_particles % step
+    if pad:  # the last chunk is topped up with repeated keys (one compilation), then cut
+        keys = jnp.concatenate([keys, keys[:pad]])
+    for start in range(0, num_particles, step):
+        log_weights, draws = run(shared.fixed, arrays, keys[start : start + step])
+        kept = min(step, num_particles - start)
+        yield ImportanceChunk(
+            log_weights[:kept], {name: value[:kept] for name, value in draws.items()}, shared
+        )
 
 
 def _sequential(fn: Callable) -> Callable:

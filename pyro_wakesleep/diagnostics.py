@@ -22,17 +22,22 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.runtime import Message
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from wakesleep.contract import check_draw_arguments
-from wakesleep.inference_data import build_inference_data, importance_resample
+from wakesleep.inference_data import (
+    build_inference_data,
+    draw_axes,
+    importance_resample,
+    observed_axes,
+)
 
 from .traces import (
     OWN_PLATES,
-    data_plates,
-    guess_plate_nesting,
+    ImportanceTraces,
     importance_chunks,
     observed_values,
     sample_sites,
@@ -48,67 +53,35 @@ def _to_numpy(value: torch.Tensor, site: Message) -> np.ndarray:
     return array
 
 
-def _latent_axes(
-    name: str, site: Message, plate_nesting: int, vectorized: bool
-) -> tuple[torch.Tensor, list[str]]:
-    """A guide site's value with a leading particle axis, its size-1 non-plate axes dropped.
-
-    Vectorised, the value's batch dimensions are the particles and the model's
-    ``plate_nesting`` plates; sequential, only the plates (left-padded when fewer) and a
-    particle axis of size 1 is added. Plate axes are named after their plate; other batch
-    axes of size > 1, then the event axes, are ``"{name}_dim_{i}"``.
-    """
-    value = site["value"]
-    event_ndim = len(site["fn"].event_shape)
-    shape = tuple(value.shape)
-    batch_shape, event_shape = shape[: len(shape) - event_ndim], shape[len(shape) - event_ndim :]
-    plate_ndim = plate_nesting + 1 if vectorized else plate_nesting
-    batch_shape = (1,) * (plate_ndim - len(batch_shape)) + batch_shape
-    if not vectorized:
-        batch_shape = (1,) + batch_shape
-    value = value.reshape(batch_shape + event_shape)
-    plates = {
-        frame.dim: frame.name
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name not in OWN_PLATES
-    }
-    names: list[str] = ["draw"]
-    index: list[int | slice] = [slice(None)]
-    extra = 0
-    for axis in range(1, len(batch_shape)):
-        dim = axis - len(batch_shape)  # the plate dim this axis stands for
-        if dim in plates:
-            names.append(plates[dim])
-        elif batch_shape[axis] == 1:
-            index.append(0)
-            continue
-        else:
-            names.append(f"{name}_dim_{extra}")
-            extra += 1
-        index.append(slice(None))
-    names += [f"{name}_dim_{extra + i}" for i in range(event_ndim)]
-    return value[tuple(index)], names
-
-
-def _observed_axes(name: str, site: Message, value: torch.Tensor) -> list[str]:
-    """Names of an observed value's axes: its plates where sizes agree, else defaults."""
-    event_ndim = len(site["fn"].event_shape)
-    batch_ndim = value.dim() - event_ndim
-    plates = {
+def _model_plates(site: Message) -> dict[int, CondIndepStackFrame]:
+    """The model's own vectorised plates enclosing a site, by dim."""
+    return {
         frame.dim: frame
         for frame in site["cond_indep_stack"]
         if frame.vectorized and frame.name not in OWN_PLATES
     }
-    names, extra = [], 0
-    for axis in range(value.dim()):
-        dim = axis - batch_ndim
-        frame = plates.get(dim) if axis < batch_ndim else None
-        if frame is not None and value.shape[axis] == frame.size:
-            names.append(frame.name)
-        else:
-            names.append(f"{name}_dim_{extra}")
-            extra += 1
-    return names
+
+
+def _latent_draws(
+    name: str, site: Message, plate_nesting: int, vectorized: bool
+) -> tuple[np.ndarray, list[str]]:
+    """A guide site's draws ``(S, ...)`` and their dims (see :func:`draw_axes`).
+
+    Vectorised, the value's batch dimensions are the particles and the model's
+    ``plate_nesting`` plates; sequential, only the plates (left-padded when fewer) and a
+    particle axis of size 1 is added.
+    """
+    value = site["value"]
+    event_ndim = len(site["fn"].event_shape)
+    batch_shape = tuple(value.shape[: value.dim() - event_ndim])
+    plate_ndim = plate_nesting + 1 if vectorized else plate_nesting
+    batch_shape = (1,) * (plate_ndim - len(batch_shape)) + batch_shape
+    if not vectorized:
+        batch_shape = (1,) + batch_shape
+    value = value.reshape(batch_shape + tuple(value.shape[value.dim() - event_ndim :]))
+    plates = {dim: frame.name for dim, frame in _model_plates(site).items()}
+    index, dims = draw_axes(name, batch_shape[1:], event_ndim, plates)
+    return _to_numpy(value[index], site), dims
 
 
 def to_inference_data(
@@ -154,18 +127,16 @@ def to_inference_data(
         ValueError: on invalid arguments, a model/guide mismatch, or a datapoint whose
             draws all have weight zero.
     """
-    check_draw_arguments(num_samples, chunk_size, max_plate_nesting, vectorize)
-    if max_plate_nesting == math.inf:
-        plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
-    else:
-        plate_nesting = int(max_plate_nesting)
-
+    check_draw_arguments(
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        max_plate_nesting=max_plate_nesting,
+        vectorize=vectorize,
+    )
     log_weights: list[np.ndarray] = []
     latents: dict[str, list[np.ndarray]] = {}
     dims: dict[str, list[str]] = {}
-    first: tuple[Trace, Trace] | None = None
-    weight_axes: list[int] = []
-    weight_dims: list[str] = []
+    first: ImportanceTraces | None = None  # its traces name the sites and plates
     with torch.no_grad():
         for wake in importance_chunks(
             model,
@@ -175,45 +146,43 @@ def to_inference_data(
             num_particles=num_samples,
             # sequential runs keep the traces of their first particle only: one draw a chunk
             chunk_size=(chunk_size or num_samples) if vectorize else 1,
-            plate_nesting=plate_nesting,
+            max_plate_nesting=max_plate_nesting,
             vectorize=vectorize,
         ):
-            if first is None:
-                first = (wake.model_trace, wake.guide_trace)
-                frames = sorted(data_plates(*first).values(), key=lambda frame: frame.dim)
-                weight_axes = [frame.dim for frame in frames]
-                weight_dims = [frame.name for frame in frames]
-            # (size, *plate dims), of size 1 except for data plates: keep only the latter
-            index = (slice(None),) + tuple(
-                slice(None) if dim in weight_axes else 0 for dim in range(-plate_nesting, 0)
-            )
-            log_weights.append(wake.log_weights[index].cpu().numpy())
+            first = first or wake
+            log_weights.append(wake.datapoint_log_weights.cpu().numpy())
             for name, site in sample_sites(wake.guide_trace):
-                if site["is_observed"]:
-                    continue
-                value, dims[name] = _latent_axes(name, site, plate_nesting, vectorize)
-                latents.setdefault(name, []).append(_to_numpy(value, site))
+                if not site["is_observed"]:
+                    value, dims[name] = _latent_draws(name, site, wake.plate_nesting, vectorize)
+                    latents.setdefault(name, []).append(value)
 
     assert first is not None
-    first_model, first_guide = first
-    posterior = {name: np.concatenate(chunks, axis=0) for name, chunks in latents.items()}
+    first_model, first_guide = first.model_trace, first.guide_trace
+    weight_dims = [frame.name for frame in sorted(first.data_plates.values(), key=lambda f: f.dim)]
+    posterior = {name: np.concatenate(draws, axis=0) for name, draws in latents.items()}
     observed = {}
     coords: dict[str, np.ndarray] = {}
     for name, value in observed_values(first_model).items():
+        site = first_model.nodes[name]
         observed[name] = value.detach().cpu().numpy()
-        dims[name] = _observed_axes(name, first_model.nodes[name], value)
+        dims[name] = observed_axes(
+            name,
+            tuple(value.shape),
+            len(site["fn"].event_shape),
+            {dim: (frame.name, frame.size) for dim, frame in _model_plates(site).items()},
+        )
     for trace in (first_guide, first_model):
         for _, site in sample_sites(trace):
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized and frame.name not in OWN_PLATES:
                     coords.setdefault(frame.name, _plate_coords(trace, frame))
     return build_inference_data(
-        posterior,
-        np.concatenate(log_weights, axis=0),
-        observed,
-        dims,
-        weight_dims,
-        coords,
+        posterior=posterior,
+        log_weight=np.concatenate(log_weights, axis=0),
+        observed=observed,
+        dims=dims,
+        weight_dims=weight_dims,
+        coords=coords,
         attrs={"inference_library": "pyro", "inference_library_version": pyro.__version__},
     )
 

@@ -39,6 +39,7 @@ from wakesleep.contract import (
     DreamRoutingError,
     ModelGuideMismatchError,
     SubSample,
+    VectorizationWarning,
     route_dreams,
 )
 
@@ -46,7 +47,6 @@ from .traces import (
     DREAM_PLATE,
     OWN_PLATES,
     DetachSamples,
-    VectorizationWarning,
     check_model_guide_match,
     data_plates,
     log_density,
@@ -112,23 +112,17 @@ class Dreamer:
 
     :param num_dreams: ``M``, the number of dreams per step (each one draw of the
         model's whole data plate).
-    :param vectorize: dream with a plate of ``M`` rather than a loop.
     :param dream_args: optional routing callable (see module docstring).
     :param routing_hint: the last sentence of a routing error (how to train without dreams).
     """
 
     def __init__(
-        self,
-        num_dreams: int,
-        vectorize: bool,
-        dream_args: DreamArgs | None,
-        routing_hint: str = "",
+        self, *, num_dreams: int, dream_args: DreamArgs | None, routing_hint: str = ""
     ) -> None:
         self.num_dreams = num_dreams
-        self.vectorize = vectorize
         self.dream_args = dream_args
         self.routing_hint = routing_hint
-        self._checked: set[tuple] = set()
+        self._checked: set[tuple] = set()  # check keys for which vectorised dreams passed
 
     def log_q(
         self,
@@ -140,12 +134,18 @@ class Dreamer:
         plate_nesting: int,
         wake_model_trace: Trace,
         wake_guide_trace: Trace,
+        vectorize: bool,
         check_key: tuple | None = None,
-    ) -> Tensor:
-        """Scaled ``log q(z_m | x_m)`` of ``M`` dreams, each summed over its datapoints: shape ``(M,)``.
+    ) -> tuple[Tensor, bool]:
+        """Scaled ``log q(z_m | x_m)`` of ``M`` dreams, each summed over its datapoints (shape
+        ``(M,)``), and whether dreams may stay vectorised.
 
-        Dreams replay the wake pass's plate sub-sampling. ``check_key`` (hashable, e.g. the
-        programs and argument shapes) names what a vectorisation check once passed holds for.
+        Dreams replay the wake pass's plate sub-sampling. ``vectorize`` dreams with a plate
+        of ``M`` rather than a loop; when that is not safe for this guide the dreams are
+        drawn one at a time, with a warning, and the answer is ``False``: the caller keeps
+        it, so that the next steps dream one at a time from the start. ``check_key``
+        (hashable, e.g. the programs and argument shapes) names what a vectorisation check
+        once passed holds for.
         """
         call = _Call(
             model, guide, args, kwargs, plate_nesting,
@@ -153,7 +153,7 @@ class Dreamer:
             sub_samples(wake_model_trace),
             mini_batch(wake_guide_trace, wake_model_trace),
         )  # fmt: skip
-        if self.vectorize:
+        if vectorize:
             plate = particle_plate(DREAM_PLATE, self.num_dreams, plate_nesting)
             try:
                 dream, guide_trace = self._dream(call, plate, call.batch)
@@ -166,13 +166,12 @@ class Dreamer:
                 and plate_sizes(guide_trace) == plate_sizes(wake_guide_trace)
                 and (check_key in self._checked or self._vectorization_is_safe(call, check_key))
             ):
-                return _log_q(guide_trace, plate_nesting + 1, vectorized=True).reshape(
-                    self.num_dreams
-                )
+                log_q = _log_q(guide_trace, plate_nesting + 1, vectorized=True)
+                return log_q.reshape(self.num_dreams), True
             log_q = self._sequential(call)
-            self._fall_back()  # only once one-at-a-time dreams have worked
-            return log_q
-        return self._sequential(call)
+            self._warn_fall_back()  # only once one-at-a-time dreams have worked
+            return log_q, False
+        return self._sequential(call), False
 
     def _sequential(self, call: _Call) -> Tensor:
         return torch.stack(
@@ -236,8 +235,7 @@ class Dreamer:
             self._checked.add(check_key)
         return safe
 
-    def _fall_back(self) -> None:
-        self.vectorize = False
+    def _warn_fall_back(self) -> None:
         warnings.warn(
             "Vectorised dreaming gave the guide inputs with a leading dimension of "
             f"{self.num_dreams} dreams, and the guide then mixed dreams, built plates of other "

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .traces import guess_plate_nesting, importance_chunks
+from .traces import importance_chunks
 
 __all__ = ["importance_log_likelihood", "importance_log_weights"]
 
@@ -33,10 +33,6 @@ def _log_weight_chunks(
     max_plate_nesting: float,
 ) -> Iterator[Tensor]:
     """Per-datapoint log-weights ``(chunk, *datapoints)``, ``chunk_size`` particles at a time."""
-    if max_plate_nesting == math.inf:
-        plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
-    else:
-        plate_nesting = int(max_plate_nesting)
     for wake in importance_chunks(
         model,
         guide,
@@ -44,10 +40,9 @@ def _log_weight_chunks(
         kwargs,
         num_particles=num_particles,
         chunk_size=chunk_size,
-        plate_nesting=plate_nesting,
+        max_plate_nesting=max_plate_nesting,
     ):
-        log_weights = wake.log_weights
-        yield log_weights.reshape((len(log_weights), *wake.per_datapoint(log_weights[0]).shape))
+        yield wake.datapoint_log_weights
 
 
 def importance_log_likelihood(

@@ -13,7 +13,7 @@ Recognition (bottom-up)::
 ``model`` and ``guide`` are ordinary Pyro programs over a ``(batch, D)`` tensor
 ``x``; any objective of this package trains them. Batch dimensions are read
 from the right, so vectorised particles and dreams broadcast through them.
-Parameters start as :func:`wakesleep.initialisation.helmholtz_inits` says
+Parameters start as :func:`wakesleep.trainer.initialisation.helmholtz_inits` says
 (``init="default"``: like ``torch.nn.Linear``, top logits at zero; ``init="sparse"``: for
 sparse images of parts), drawn from torch's global generator (``pyro.set_rng_seed``).
 """
@@ -29,7 +29,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
-from wakesleep.initialisation import helmholtz_inits
+from wakesleep.trainer.initialisation import helmholtz_inits
 
 __all__ = ["HelmholtzMachine"]
 
@@ -42,7 +42,7 @@ class HelmholtzMachine(nn.Module):
         e.g. ``(8, 1)`` for the bars network of Hinton et al. (1995): 16-8-1.
     :param name: prefix of the parameters in Pyro's param store.
     :param init: how parameters start, ``"default"`` or ``"sparse"``
-        (:mod:`wakesleep.initialisation`).
+        (:mod:`wakesleep.trainer.initialisation`).
     """
 
     def __init__(
@@ -115,7 +115,7 @@ class HelmholtzMachine(nn.Module):
         """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.
 
         ``layers[i]`` maps ``h_{i+1}`` to the logits of ``h_i`` (``h_0 = x``), weights in
-        ``nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.exact`.
+        ``nn.Linear`` layout ``(out, in)``: the format of :mod:`wakesleep.trainer.exact`.
         """
         generative = pyro.module(
             f"{self.name}_generative", self.generative, update_module_params=True

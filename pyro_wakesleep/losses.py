@@ -24,16 +24,17 @@ from wakesleep.contract import (
     NonFiniteLossWarning,
     Phase,
     check_objective_arguments,
+    non_finite_loss_message,
 )
 
 from . import objectives
 from .dreams import DreamArgs, Dreamer
 from .traces import (
     ImportanceTraces,
-    guess_plate_nesting,
     importance_traces,
     non_finite_data_of,
     non_finite_observations,
+    resolve_plate_nesting,
     sample_sites,
     trace_params,
     vectorization_is_safe,
@@ -53,6 +54,7 @@ class _WakeSleepELBO(ELBO):
 
     def __init__(
         self,
+        *,
         num_particles: int,
         insomnia: float,
         num_sleep_particles: int | None,
@@ -62,9 +64,15 @@ class _WakeSleepELBO(ELBO):
         dream_args: DreamArgs | None,
     ) -> None:
         check_objective_arguments(
-            self._objective, num_particles, insomnia, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            self._objective,
+            num_particles=num_particles,
+            insomnia=insomnia,
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
         # Pyro's ELBO adds the particle plate to max_plate_nesting when vectorising; here it
         # always counts the model's own plates, so the base class must not vectorise.
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -76,12 +84,13 @@ class _WakeSleepELBO(ELBO):
         self.alternate = alternate
         self.dream_args = dream_args
         self._dreamer = Dreamer(
-            self.num_sleep_particles,
-            vectorize_particles,
-            dream_args,
+            num_dreams=self.num_sleep_particles,
+            dream_args=dream_args,
             routing_hint=ROUTING_HINTS.get(self._objective, ""),
         )
-        self._guessed_plate_nesting: int | None = None
+        # False once particles or a guide could not be batched: dreams then run one at a time
+        self._vectorize_dreams = vectorize_particles
+        self._resolved_plate_nesting: int | None = None
         self._vectorization_checked: set[tuple] = set()
         self._next_phase: Phase = FIRST_PHASE[alternate]
         self._last: dict[str, Tensor] = {}
@@ -99,6 +108,12 @@ class _WakeSleepELBO(ELBO):
 
     # -- public ---------------------------------------------------------------------------
     @property
+    def first_phase(self) -> Phase:
+        """What an alternating schedule updates first: ``"model"`` or ``"guide"`` (``"both"``
+        when ``alternate`` is false)."""
+        return FIRST_PHASE[self.alternate]
+
+    @property
     def phase(self) -> Phase:
         """What the next :meth:`loss_and_grads` updates: ``"both"``, ``"model"`` or ``"guide"``."""
         return self._next_phase
@@ -114,8 +129,7 @@ class _WakeSleepELBO(ELBO):
         """
         terms = {name: float(t) for name, t in self._last.items() if name != "log_weights"}
         if "log_weights" in self._last:
-            weights = objectives.normalized_weights(self._last["log_weights"])
-            terms["ess"] = float((1.0 / (weights**2).sum(0)).mean())
+            terms["ess"] = float(objectives.effective_sample_size(self._last["log_weights"]).mean())
         return terms
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
@@ -154,8 +168,7 @@ class _WakeSleepELBO(ELBO):
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
         value = loss.item()
         if not math.isfinite(value):
-            for param in trace_params(wake.model_trace) | trace_params(wake.guide_trace):
-                param.grad = None
+            _clear_grads(wake, trace_params(wake.model_trace) | trace_params(wake.guide_trace))
             _refuse_non_finite_data(wake)
             warnings.warn(
                 self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
@@ -164,12 +177,11 @@ class _WakeSleepELBO(ELBO):
             )
             return value
         loss.backward()
-        if phase != "both":  # parameter sets only when needed: hashing tensors is not free
+        if phase != "both":
             model_params = trace_params(wake.model_trace)
             guide_params = trace_params(wake.guide_trace)
             idle = guide_params - model_params if phase == "model" else model_params - guide_params
-            for param in idle:
-                param.grad = None
+            _clear_grads(wake, idle)
             self._next_phase = "guide" if phase == "model" else "model"
         return value
 
@@ -179,11 +191,12 @@ class _WakeSleepELBO(ELBO):
         return wake.model_trace, wake.guide_trace
 
     def _plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-        if self.max_plate_nesting != math.inf:
-            return int(self.max_plate_nesting)
-        if self._guessed_plate_nesting is None:
-            self._guessed_plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
-        return self._guessed_plate_nesting
+        """``max_plate_nesting``, or the guess from the first call (guessing runs the programs)."""
+        if self._resolved_plate_nesting is None:
+            self._resolved_plate_nesting = resolve_plate_nesting(
+                self.max_plate_nesting, model, guide, args, kwargs
+            )
+        return self._resolved_plate_nesting
 
     def _vectorize(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
         """Particles as a plate, once :func:`vectorization_is_safe` has passed for this program
@@ -200,7 +213,7 @@ class _WakeSleepELBO(ELBO):
                 num_particles=max(self.num_particles, self.num_sleep_particles),
                 plate_nesting=self._plate_nesting(model, guide, args, kwargs),
             ):
-                self.vectorize_particles = self._dreamer.vectorize = False
+                self.vectorize_particles = self._vectorize_dreams = False
                 return False
             self._vectorization_checked.add(key)
         return True
@@ -215,7 +228,7 @@ class _WakeSleepELBO(ELBO):
                 args,
                 kwargs,
                 num_particles=self.num_particles,
-                plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+                max_plate_nesting=self._plate_nesting(model, guide, args, kwargs),
                 vectorize=self._vectorize(model, guide, args, kwargs),
             )
         except (ValueError, RuntimeError) as error:
@@ -249,14 +262,15 @@ class _WakeSleepELBO(ELBO):
                     terms["wake_phi"] if self.insomnia == 1.0 else self.insomnia * terms["wake_phi"]
                 )
             if self.insomnia < 1.0:
-                log_q_dreams = self._dreamer.log_q(
+                log_q_dreams, self._vectorize_dreams = self._dreamer.log_q(
                     model,
                     guide,
                     args,
                     kwargs,
-                    plate_nesting=self._plate_nesting(model, guide, args, kwargs),
+                    plate_nesting=wake.plate_nesting,
                     wake_model_trace=wake.model_trace,
                     wake_guide_trace=wake.guide_trace,
+                    vectorize=self._vectorize_dreams,
                     check_key=_check_key(model, guide, args, kwargs),
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
@@ -275,28 +289,24 @@ class _WakeSleepELBO(ELBO):
     # -- diagnosis of a non-finite step (slow path only) ----------------------------------
     @staticmethod
     def _diagnose(wake: ImportanceTraces, terms: dict[str, Tensor]) -> str:
-        bad_terms = [name for name, t in terms.items() if not torch.isfinite(t).all()]
-        log_w = wake.log_weights
-        dead = (log_w == -math.inf).all(0)
-        parts = [f"Non-finite wake-sleep term(s) {bad_terms}."]
-        if dead.any():
-            parts.append(
-                f"{int(dead.sum())} datapoint(s) have zero weight under every particle "
-                "(log p(x, z) - log q(z|x) = -inf for all of them)."
-            )
-        bad_sites = [
-            f"{role} site '{name}'"
-            for role, trace in (("model", wake.model_trace), ("guide", wake.guide_trace))
-            for name, site in sample_sites(trace)
-            if not torch.isfinite(site["fn"].log_prob(site["value"])).all()
-        ]
-        if bad_sites:
-            parts.append(f"Non-finite log-probabilities at {', '.join(bad_sites)}.")
-        parts.append(
-            "Check that the guide proposes only values the model supports, that probabilities "
-            "are not exactly 0 or 1 (clamp logits), and the learning rate."
+        return non_finite_loss_message(
+            bad_terms=[name for name, t in terms.items() if not torch.isfinite(t).all()],
+            dead_datapoints=int((wake.log_weights == -math.inf).all(0).sum()),
+            bad_sites=[
+                f"{role} site '{name}'"
+                for role, trace in (("model", wake.model_trace), ("guide", wake.guide_trace))
+                for name, site in sample_sites(trace)
+                if not torch.isfinite(site["fn"].log_prob(site["value"])).all()
+            ],
         )
-        return " ".join(parts)
+
+
+def _clear_grads(wake: ImportanceTraces, names: set[str]) -> None:
+    """Leave the named parameters' leaf tensors without a gradient, so that optimisers
+    (Adam's moments included) skip them this step."""
+    for trace in (wake.model_trace, wake.guide_trace):
+        for name in names & trace_params(trace):
+            trace.nodes[name]["value"].unconstrained().grad = None
 
 
 def _refuse_non_finite_data(wake: ImportanceTraces) -> None:
@@ -369,9 +379,14 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         dream_args: DreamArgs | None = None,
     ) -> None:
         super().__init__(
-            num_particles, insomnia, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            num_particles=num_particles,
+            insomnia=insomnia,
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
 
     # −Σ IWAE(log p − sg(log q)) and −Σ IWAE(log w) are the same number: sg changes no value.
     _wake_theta_is_value = True
@@ -408,9 +423,14 @@ class WakeSleep(_WakeSleepELBO):
         dream_args: DreamArgs | None = None,
     ) -> None:
         super().__init__(
-            num_particles, 0.0, num_sleep_particles, vectorize_particles,
-            max_plate_nesting, alternate, dream_args,
-        )  # fmt: skip
+            num_particles=num_particles,
+            insomnia=0.0,  # the guide learns from dreams only
+            num_sleep_particles=num_sleep_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=alternate,
+            dream_args=dream_args,
+        )
 
     def _bound(self, log_weights: Tensor) -> Tensor:
         return objectives.elbo_estimate(log_weights)

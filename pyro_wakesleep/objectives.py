@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "effective_sample_size",
     "elbo_estimate",
     "iwae_bound",
     "normalized_weights",
@@ -58,6 +59,11 @@ def elbo_estimate(log_weights: Tensor) -> Tensor:
 def normalized_weights(log_weights: Tensor) -> Tensor:
     r"""Self-normalised importance weights :math:`\bar w = \mathrm{softmax}_k(\log w)`."""
     return torch.softmax(log_weights, dim=0)
+
+
+def effective_sample_size(log_weights: Tensor) -> Tensor:
+    r"""Importance-sampling effective sample size :math:`1 / \sum_k \bar w_k^2`, in ``[1, K]``."""
+    return 1.0 / (normalized_weights(log_weights) ** 2).sum(0)
 
 
 def rws_wake_theta_loss(log_p: Tensor, log_q: Tensor) -> Tensor:

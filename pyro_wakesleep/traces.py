@@ -13,7 +13,9 @@ datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
   factor ``N/B``; that factor is returned separately (:attr:`ImportanceTraces.data_scale`)
   and applied by the caller after the log-sum-exp over particles. Any other
   scale (a sub-sampled plate that is not a data plate, ``poutine.scale``)
-  stays inside the log-weights, where it then targets the full-data posterior.
+  stays inside the log-weights, where it then targets the full-data posterior;
+- many particles (log-likelihoods, diagnostics) come ``chunk_size`` at a time from
+  :func:`importance_chunks`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import Tensor
 from wakesleep.contract import (
     ModelGuideMismatchError,
     NonFiniteDataError,
+    VectorizationWarning,
     check_site_match,
     non_finite_data_error,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "DetachSamples",
     "ImportanceTraces",
     "ModelGuideMismatchError",
+    "VectorizationWarning",
     "check_model_guide_match",
     "data_plates",
     "guess_plate_nesting",
@@ -54,21 +58,22 @@ __all__ = [
     "importance_traces",
     "log_density",
     "mini_batch",
-    "one_particle",
-    "particle_mismatches",
     "non_finite_data_of",
     "non_finite_observations",
     "observed_values",
+    "one_particle",
+    "particle_mismatches",
     "particle_plate",
     "plate_sizes",
+    "resolve_plate_nesting",
+    "run_guide_and_model",
     "sample_sites",
-    "site_log_density",
     "side_run",
+    "site_log_density",
     "site_nesting",
     "trace_params",
     "vectorization_is_safe",
     "vectorization_mismatches",
-    "VectorizationWarning",
 ]
 
 #: Names of the plates this package adds; they are never data plates.
@@ -114,25 +119,26 @@ def sample_sites(trace: Trace) -> Iterable[tuple[str, Message]]:
             yield name, site
 
 
-def guess_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """Number of nested vectorised plates in model and guide, found by running them once.
+def guess_plate_nesting(*traces: Trace) -> int:
+    """Number of batch dimensions the traces' sample sites need: their deepest plate, or a
+    site's batch rank when larger (a batch dimension no plate declares is summed like a
+    plate's)."""
+    return max((site_nesting(site) for tr in traces for _, site in sample_sites(tr)), default=0)
 
-    The run leaves the random-number generators as it found them, so that guessing does
-    not shift the user's random stream (a resumed run draws what an uninterrupted one does).
+
+def resolve_plate_nesting(
+    max_plate_nesting: float, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> int:
+    """``max_plate_nesting``, or when it is ``inf`` the :func:`guess_plate_nesting` of one
+    run of guide and model (a :func:`side_run`: it shifts no random stream).
+
+    The particle plate sits left of the model's plates, so their number must be known
+    before particles can run.
     """
+    if max_plate_nesting != math.inf:
+        return int(max_plate_nesting)
     with side_run():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-    return max(
-        (
-            site_nesting(site)
-            for trace in (model_trace, guide_trace)
-            for _, site in sample_sites(trace)
-        ),
-        default=0,
-    )
+        return guess_plate_nesting(*run_guide_and_model(model, guide, args, kwargs))
 
 
 def site_nesting(site: Message) -> int:
@@ -237,7 +243,13 @@ def non_finite_observations(model_trace: Trace) -> NonFiniteDataError | None:
             and site_is_subsample(model_trace.nodes[frame.name])
             and -batch_ndim <= frame.dim
         }
-        return non_finite_data_error(name, bad.cpu().numpy(), kinds, sub_sampled, "poutine.mask")
+        return non_finite_data_error(
+            name,
+            bad=bad.cpu().numpy(),
+            kinds=kinds,
+            sub_sampled=sub_sampled,
+            mask_statement="poutine.mask",
+        )
     return None
 
 
@@ -252,11 +264,10 @@ def non_finite_data_of(model: Callable, args: tuple, kwargs: dict) -> NonFiniteD
     return non_finite_observations(model_trace)
 
 
-def trace_params(trace: Trace) -> set[Tensor]:
-    """The unconstrained leaf tensors of the parameters a trace used."""
-    return {
-        site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"
-    }
+def trace_params(trace: Trace) -> set[str]:
+    """The names of the ``pyro.param`` sites a trace used (``trace.nodes[name]["value"]``
+    is the constrained value; its ``.unconstrained()`` the leaf tensor optimisers update)."""
+    return {name for name, site in trace.nodes.items() if site["type"] == "param"}
 
 
 def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
@@ -285,6 +296,7 @@ class ImportanceTraces:
     data_plates: dict[str, CondIndepStackFrame]
     model_trace: Trace
     guide_trace: Trace
+    plate_nesting: int
 
     @cached_property
     def log_weights(self) -> Tensor:
@@ -297,8 +309,14 @@ class ImportanceTraces:
         dims = sorted(frame.dim for frame in self.data_plates.values())
         return value.reshape([value.shape[d] for d in dims])
 
+    @property
+    def datapoint_log_weights(self) -> Tensor:
+        """The log-weights with only the data plates' dims kept: ``(K, *datapoints)``."""
+        log_weights = self.log_weights
+        return log_weights.reshape((len(log_weights), *self.per_datapoint(log_weights[0]).shape))
 
-def _run_guide_and_model(
+
+def run_guide_and_model(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, mini_batch: Trace | None = None
 ) -> tuple[Trace, Trace]:
     """Guide draws (gradient-free) samples; the model is replayed against them.
@@ -345,21 +363,22 @@ def importance_traces(
     kwargs: dict,
     *,
     num_particles: int,
-    plate_nesting: int,
+    max_plate_nesting: float,
     vectorize: bool,
 ) -> ImportanceTraces:
     """Draw ``num_particles`` guide samples and score them under model and guide.
 
     Vectorised, the particles are a plate at dim ``-(plate_nesting + 1)``; otherwise the
     guide runs ``num_particles`` times, every run replaying the first run's plate
-    sub-sampling so that all particles see the same mini-batch.
+    sub-sampling so that all particles see the same mini-batch. ``max_plate_nesting``
+    (``inf``: guessed by :func:`resolve_plate_nesting`) is the number of plate dimensions
+    of the model.
     """
+    plate_nesting = resolve_plate_nesting(max_plate_nesting, model, guide, args, kwargs)
     if vectorize:
         plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
         try:
-            model_trace, guide_trace = _run_guide_and_model(
-                plate(model), plate(guide), args, kwargs
-            )
+            model_trace, guide_trace = run_guide_and_model(plate(model), plate(guide), args, kwargs)
         except ValueError as error:
             if f"plate('{PARTICLE_PLATE}')" not in str(error):
                 raise
@@ -371,10 +390,10 @@ def importance_traces(
             ) from error
         runs = [(model_trace, guide_trace)]
     else:
-        model_trace, guide_trace = _run_guide_and_model(model, guide, args, kwargs)
+        model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs)
         same_batch = mini_batch(guide_trace, model_trace)
         runs = [(model_trace, guide_trace)] + [
-            _run_guide_and_model(model, guide, args, kwargs, mini_batch=same_batch)
+            run_guide_and_model(model, guide, args, kwargs, mini_batch=same_batch)
             for _ in range(num_particles - 1)
         ]
     check_model_guide_match(model_trace, guide_trace)
@@ -392,12 +411,9 @@ def importance_traces(
         pairs = [_reduce(m, g, keep, plate_nesting, data_scale) for m, g in runs]
         log_p = torch.stack([p for p, _ in pairs])
         log_q = torch.stack([q for _, q in pairs])
-    return ImportanceTraces(log_p, log_q, data_scale, plates, model_trace, guide_trace)
-
-
-class VectorizationWarning(RuntimeWarning):
-    """Particles or dreams could not be a plate for this model and guide: they now run one
-    at a time."""
+    return ImportanceTraces(
+        log_p, log_q, data_scale, plates, model_trace, guide_trace, plate_nesting
+    )
 
 
 def one_particle(trace: Trace, index: int, plate_nesting: int) -> Trace:
@@ -435,13 +451,11 @@ def vectorization_mismatches(
     with side_run():
         plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
         try:
-            model_trace, guide_trace = _run_guide_and_model(
-                plate(model), plate(guide), args, kwargs
-            )
+            model_trace, guide_trace = run_guide_and_model(plate(model), plate(guide), args, kwargs)
         except (RuntimeError, ValueError, IndexError) as error:
             try:  # a program that fails as one particle too is wrong: the step says how
                 _reduce(
-                    *_run_guide_and_model(model, guide, args, kwargs),
+                    *run_guide_and_model(model, guide, args, kwargs),
                     frozenset(),
                     plate_nesting,
                     1.0,
@@ -459,7 +473,7 @@ def vectorization_mismatches(
                 particle.add_node(name, **site)
         single = particle_plate(PARTICLE_PLATE, 1, plate_nesting)
         try:
-            one_model, one_guide = _run_guide_and_model(
+            one_model, one_guide = run_guide_and_model(
                 single(model), single(guide), args, kwargs, mini_batch=particle
             )
         except (RuntimeError, ValueError, IndexError) as error:
@@ -548,7 +562,7 @@ def importance_chunks(
     *,
     num_particles: int,
     chunk_size: int,
-    plate_nesting: int,
+    max_plate_nesting: float = math.inf,
     vectorize: bool = True,
 ) -> Iterator[ImportanceTraces]:
     """:func:`importance_traces` for ``num_particles`` particles, ``chunk_size`` at a time.
@@ -562,6 +576,7 @@ def importance_chunks(
         raise ValueError(
             f"num_particles and chunk_size must be >= 1, got {num_particles} and {chunk_size}."
         )
+    plate_nesting = resolve_plate_nesting(max_plate_nesting, model, guide, args, kwargs)
     vectorize = vectorize and vectorization_is_safe(
         model, guide, args, kwargs, num_particles=min(chunk_size, num_particles),
         plate_nesting=plate_nesting,
@@ -573,7 +588,7 @@ def importance_chunks(
             args,
             kwargs,
             num_particles=min(chunk_size, num_particles - start),
-            plate_nesting=plate_nesting,
+            max_plate_nesting=plate_nesting,
             vectorize=vectorize,
         )
         if start == 0:

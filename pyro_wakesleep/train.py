@@ -1,15 +1,14 @@
-"""``python -m pyro_wakesleep train``: train a Helmholtz machine and write its report.
+"""``python -m pyro_wakesleep train``: the shared trainer (:mod:`wakesleep.trainer.loop`) on Pyro.
 
-Flags and outputs are those of DESIGN.md §3, shared with ``numpyro_wakesleep``
-through :mod:`wakesleep.cli` and :mod:`wakesleep.outputs`. A checkpoint
-(``checkpoint.pt``) holds parameters, optimiser state, every random-number
-generator and the curve, so ``--resume`` ends where an uninterrupted run with
-the same seed ends.
+:class:`HelmholtzTrainer` is the Pyro side of :class:`wakesleep.trainer.backend.TrainerBackend`:
+a :class:`~pyro_wakesleep.helmholtz.HelmholtzMachine` trained by ``pyro.infer.SVI``, its
+parameters in Pyro's global parameter store and its randomness from Pyro's global
+generators (seeded by ``--seed``) plus a host ``torch.Generator`` for the mini-batches.
 
-A Ctrl-C stops the run between two steps, where the checkpoint is consistent
-(:class:`wakesleep.training.CtrlC`), writes it and exits with a line that says how to
-resume. The final checkpoint is written before the evaluation, so a Ctrl-C there leaves
-a run that ``--resume`` evaluates again.
+The checkpoint (``checkpoint.pt``) holds only tensors, numbers, strings and plain
+containers: parameters, optimiser state and every generator's state, so it loads with
+``torch.load(..., weights_only=True)``, which runs no code from the file. A checkpoint of
+an earlier release (pickled objects) is refused with a line that says how to go on.
 """
 
 from __future__ import annotations
@@ -17,30 +16,39 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import time
-from collections.abc import Sequence
+import pickle
+import random
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro.infer import SVI
 from pyro.optim import Adam, LambdaLR, PyroLRScheduler, PyroOptim
-from tqdm.auto import tqdm
+from torch.distributions import constraints
 
-from wakesleep import cli, outputs, training
-from wakesleep.datasets import BinaryDataset
-from wakesleep.exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
+from wakesleep.trainer import loop, schedule
+from wakesleep.trainer.backend import GenerativeWeights
+from wakesleep.trainer.datasets import BinaryDataset
+from wakesleep.trainer.outputs import atomic_write_bytes
+from wakesleep.trainer.runs import UnreadableCheckpoint
 
+from . import losses
 from .evaluation import importance_log_likelihood, importance_log_weights
 from .helmholtz import HelmholtzMachine
-from .losses import ReweightedWakeSleep, WakeSleep
 
-__all__ = ["main", "train"]
+__all__ = ["CHECKPOINT", "HelmholtzTrainer", "main"]
 
-BACKEND = "pyro_wakesleep"
 CHECKPOINT = "checkpoint.pt"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics."""
+    return loop.main(HelmholtzTrainer(), argv)
 
 
 def _device(name: str) -> torch.device:
@@ -52,18 +60,11 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _objective(args: argparse.Namespace):
-    if args.algorithm == "rws":
-        return ReweightedWakeSleep(num_particles=args.particles, insomnia=1.0)
-    return WakeSleep(num_particles=args.particles)
-
-
 def _optimiser(args: argparse.Namespace) -> PyroOptim:
-    """Adam whose learning rate at step ``t`` is :func:`wakesleep.training.learning_rate`.
+    """Adam whose learning rate at step ``t`` is :func:`wakesleep.trainer.schedule.learning_rate`.
 
-    A constant rate (``--lr-decay 1``) is plain Adam, as in checkpoints written before the
-    schedule existed; otherwise the schedule's step count sits in the optimiser state and
-    travels with the checkpoint.
+    A constant rate (``--lr-decay 1``) is plain Adam; otherwise the schedule's step count
+    sits in the optimiser state and travels with the checkpoint.
     """
     if args.lr_decay == 1.0:
         return Adam({"lr": args.lr})
@@ -71,214 +72,183 @@ def _optimiser(args: argparse.Namespace) -> PyroOptim:
         {
             "optimizer": torch.optim.Adam,
             "optim_args": {"lr": args.lr},
-            "lr_lambda": partial(training.learning_rate, 1.0, args.lr_decay, args.steps),
+            "lr_lambda": partial(schedule.learning_rate, 1.0, args.lr_decay, args.steps),
         }
     )
 
 
-def _checkpoint_state(step: int, seconds: float, curve: list[float], batches, svi: SVI, args):
+def _rng_state() -> dict[str, Any]:
+    """Pyro's global generators (torch, ``random``, NumPy) as tensors, numbers and lists."""
+    name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     return {
-        "step": step,
-        "seconds": seconds,
-        "curve": curve,
-        "run": cli.run_settings(args),
-        **_training_state(svi, batches),
+        "torch": torch.get_rng_state(),
+        "random": [version, list(internal), gauss_next],
+        "numpy": [name, keys.tolist(), position, has_gauss, cached_gauss],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
-def _save_checkpoint(out: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    outputs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["random"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, position, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state(
+        (name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gauss)
+    )
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _load_checkpoint(out: Path, args: argparse.Namespace, device: torch.device) -> dict:
-    # Random-number generator states must stay on the host; parameters move to the device.
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-    cli.check_resume(state["run"], args)
-    state["params"]["params"] = {k: v.to(device) for k, v in state["params"]["params"].items()}
-    return state
+class HelmholtzTrainer:
+    """The Pyro backend of the shared trainer (:class:`wakesleep.trainer.backend.TrainerBackend`)."""
 
+    name = "pyro_wakesleep"
+    checkpoint = CHECKPOINT
+    legacy_checkpoints: tuple[str, ...] = ()  # same name as before: refused when it is read
 
-def _nll(
-    machine: HelmholtzMachine, images: torch.Tensor, exact: bool, ctrl_c: training.CtrlC
-) -> float:
-    """Mean negative log-likelihood per image, nats; a Ctrl-C stops it between batches."""
-    if exact:
-        top, layers = machine.generative_weights()
-        return float(-helmholtz_log_marginal(images.cpu().numpy(), top, layers).mean())
-    total = 0.0
-    for start in range(0, len(images), 100):
-        ctrl_c.check(evaluating=True)
-        batch = images[start : start + 100]
-        log_px = importance_log_likelihood(
-            machine.model, machine.guide, batch, num_particles=5000, chunk_size=250
-        )
-        total += float(log_px.sum())
-    return -total / len(images)
+    def __init__(self) -> None:
+        self._device = torch.device("cpu")
+        self._losses: list[float] = []
+        self._candidates: list[dict[str, Any]] = []
 
+    def on_device(self, device: str) -> AbstractContextManager[None]:
+        self._device = _device(device)
+        return nullcontext()
 
-#: The guide's k̂ diagnostics use this many draws on at most this many test images.
-DIAGNOSTIC_SAMPLES, DIAGNOSTIC_IMAGES = 1000, 500
+    # -- training ---------------------------------------------------------------------------
+    def build(self, args: argparse.Namespace, data: BinaryDataset) -> None:
+        self._args = args
+        self._train_x = torch.as_tensor(data.train, dtype=torch.float32, device=self._device)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(args.seed)
+        self._machine, self._svi = self._new_machine()  # its parameters drawn here
+        self._batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
 
+    def _new_machine(self) -> tuple[HelmholtzMachine, SVI]:
+        args = self._args
+        machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
+        machine = machine.to(self._device)
+        objective = schedule.objective(args.algorithm, args.particles, losses)
+        return machine, SVI(machine.model, machine.guide, _optimiser(args), objective)
 
-def _diagnostics(machine: HelmholtzMachine, images: torch.Tensor, out: Path) -> None:
-    """``diagnostics.json`` and ``khat.png``: PSIS k̂ of the guide on test images."""
-    try:
-        from wakesleep.inference_data import psis_log_weights
-    except ImportError as error:  # ArviZ is an optional extra
-        print(f"diagnostics skipped: {error}")
-        return
-    log_weights = importance_log_weights(
-        machine.model, machine.guide, images[:DIAGNOSTIC_IMAGES],
-        num_particles=DIAGNOSTIC_SAMPLES, chunk_size=250,
-    )  # fmt: skip
-    _, pareto_k = psis_log_weights(log_weights.double().cpu().numpy())
-    outputs.save_diagnostics(out, pareto_k, DIAGNOSTIC_SAMPLES)
+    def start(self) -> None:
+        pass  # the machine drew its parameters in build
 
-
-def _step(svi: SVI, train_x: torch.Tensor, batches: torch.Generator, batch_size: int) -> float:
-    """One step on a mini-batch drawn with ``batches``; the loss per datapoint."""
-    num_data = len(train_x)
-    index = torch.randint(num_data, (batch_size,), generator=batches)
-    value = svi.step(train_x[index.to(train_x.device)], num_data=num_data) / num_data
-    if isinstance(svi.optim, PyroLRScheduler):
-        svi.optim.step()  # the next step's learning rate
-    return value
-
-
-def _training_state(svi: SVI, batches: torch.Generator) -> dict:
-    """Parameters, optimiser state and every generator: what continues a run exactly."""
-    return {
-        "params": pyro.get_param_store().get_state(),
-        "optim": svi.optim.get_state(),
-        "rng": pyro.util.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "batches": batches.get_state(),
-    }
-
-
-def _restore(svi: SVI, batches: torch.Generator, state: dict) -> None:
-    """Continue from a :func:`_training_state` with a fresh ``svi`` (never stepped)."""
-    pyro.clear_param_store()
-    pyro.get_param_store().set_state(state["params"])
-    svi.optim.set_state(state["optim"])
-    pyro.util.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    batches.set_state(state["batches"])
-
-
-def _select_start(
-    args: argparse.Namespace,
-    train_x: torch.Tensor,
-    batches: torch.Generator,
-    ctrl_c: training.CtrlC,
-) -> dict:
-    """``--restarts``: train each candidate from its own start; the best one's state and curve.
-
-    Candidates run one after another, each a fresh machine drawn from the global generator,
-    for :func:`wakesleep.training.selection_steps` steps; :func:`wakesleep.training.best_restart`
-    picks the winner. No checkpoint is written meanwhile.
-    """
-    steps = training.selection_steps(args.steps, args.restarts)
-    states, curves = [], []
-    with tqdm(total=steps * args.restarts, unit="step",
-              desc=f"{BACKEND} {args.algorithm} {args.dataset}, {args.restarts} starts") as progress:  # fmt: skip
-        for _ in range(args.restarts):
+    def train_candidates(
+        self, restarts: int, steps: int, after_step: Callable[[int], None]
+    ) -> np.ndarray:
+        """Candidates run one after another, each a fresh machine drawn from the global
+        generators; the mini-batches of all come from one generator."""
+        curves, self._candidates = [], []
+        for _ in range(restarts):
             pyro.clear_param_store()
-            machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init)
-            machine = machine.to(train_x.device)
-            svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
+            _, svi = self._new_machine()
             curve = []
             for _ in range(steps):
-                ctrl_c.check()  # no checkpoint yet: nothing to save
-                curve.append(_step(svi, train_x, batches, args.batch_size))
+                curve.append(self._step(svi))
+                after_step(1)
             curves.append(curve)
-            states.append(copy.deepcopy(_training_state(svi, batches)))
-            progress.update(steps)
-    best = training.best_restart(np.asarray(curves))
-    return {**states[best], "curve": curves[best]}
+            self._candidates.append(copy.deepcopy(self._training_state(svi)))
+        return np.asarray(curves, dtype=np.float64)
 
+    def keep_candidate(self, index: int) -> None:
+        self.restore(self._candidates[index])
+        self._candidates = []
 
-def train(args: argparse.Namespace) -> dict:
-    """Run the job described by parsed, default-resolved ``args``; return the metrics.
+    def _step(self, svi: SVI) -> float:
+        """One step on a mini-batch drawn with the batch generator; the loss per datapoint."""
+        num_data = len(self._train_x)
+        index = torch.randint(num_data, (self._args.batch_size,), generator=self._batches)
+        value = svi.step(self._train_x[index.to(self._device)], num_data=num_data) / num_data
+        if isinstance(svi.optim, PyroLRScheduler):
+            svi.optim.step()  # the next step's learning rate
+        return value
 
-    Bad data exit before ``--out`` is created; a Ctrl-C raises
-    :class:`wakesleep.training.Interrupted` where the run can stop cleanly.
-    """
-    device = _device(args.device)
-    data = cli.load_data(args)
-    with training.CtrlC() as ctrl_c:
-        out = cli.prepare_out_dir(args.out, CHECKPOINT, args.resume)
-        return _train(args, data, out, device, ctrl_c)
+    def step(self) -> None:
+        self._losses.append(self._step(self._svi))
 
+    def take_losses(self) -> list[float]:
+        losses, self._losses = self._losses, []
+        return losses
 
-def _train(
-    args: argparse.Namespace,
-    data: BinaryDataset,
-    out: Path,
-    device: torch.device,
-    ctrl_c: training.CtrlC,
-) -> dict:
-    """The body of :func:`train`, Ctrl-C acted on between steps and evaluation stages."""
-    train_x = torch.as_tensor(data.train, dtype=torch.float32, device=device)
-    test_x = torch.as_tensor(data.test, dtype=torch.float32, device=device)
+    def wait(self) -> None:
+        pass  # every step has returned its loss
 
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    machine = HelmholtzMachine(train_x.shape[-1], args.layers, init=args.init).to(device)
-    svi = SVI(machine.model, machine.guide, _optimiser(args), _objective(args))
-    batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
-    start_step, seconds, curve = 0, 0.0, []
-    began = time.perf_counter()
-    if args.resume:
-        state = _load_checkpoint(out, args, device)
-        _restore(svi, batches, state)
-        start_step, seconds, curve = state["step"], state["seconds"], state["curve"]
-    elif args.restarts > 1:
-        state = _select_start(args, train_x, batches, ctrl_c)
-        _restore(svi, batches, state)
-        start_step, curve = training.selection_steps(args.steps, args.restarts), state["curve"]
+    # -- checkpoints ------------------------------------------------------------------------
+    def _training_state(self, svi: SVI) -> dict[str, Any]:
+        """Parameters, optimiser state and every generator: what continues a run exactly."""
+        params = pyro.get_param_store().get_state()["params"]
+        return {
+            "params": {name: value.detach() for name, value in params.items()},
+            "optim": svi.optim.get_state(),
+            "rng": _rng_state(),
+            "batches": self._batches.get_state(),
+        }
 
-    # closed on the way out, so that a Ctrl-C's message is the last line on the terminal
-    with tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
-              desc=f"{BACKEND} {args.algorithm} {args.dataset}", unit="step") as progress:  # fmt: skip
-        for step in progress:
-            curve.append(_step(svi, train_x, batches, args.batch_size))
-            if (step + 1) % 50 == 0:
-                progress.set_postfix(loss=f"{np.mean(curve[-50:]):.3f}")
-            stop = ctrl_c.pressed  # read once: a Ctrl-C from now on waits for the next step
-            if stop or training.is_checkpoint_step(step + 1, args.steps):
-                elapsed = seconds + time.perf_counter() - began
-                state = _checkpoint_state(step + 1, elapsed, curve, batches, svi, args)
-                _save_checkpoint(out, state)
-            if stop:
-                raise training.Interrupted(step + 1)
-    seconds += time.perf_counter() - began
+    def write_checkpoint(self, path: Path, meta: Mapping[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save({"meta": dict(meta), **self._training_state(self._svi)}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
-    # the final checkpoint is on disk: a Ctrl-C from here on leaves a run that --resume
-    # evaluates again
-    exact = helmholtz_enumerable(args.layers)
-    bars_kl = None
-    if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
-        bars_kl = float(bars_kl_bits(*machine.generative_weights()))
-    train_nll = _nll(machine, training.train_nll_images(train_x, exact), exact, ctrl_c)
-    test_nll = _nll(machine, test_x, exact, ctrl_c)
-    metrics = outputs.run_metrics(BACKEND, args, seconds, train_nll, test_nll, exact, bars_kl)
-    ctrl_c.check(evaluating=True)
-    outputs.write_metrics(out, metrics)
-    outputs.save_samples(out, machine.sample(args.num_samples).cpu().numpy(), data.image_shape)
-    outputs.save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
-    ctrl_c.check(evaluating=True)
-    _diagnostics(machine, test_x, out)
-    return metrics
+    def read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        # weights_only: tensors and plain containers only, no code from the run folder
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return state.pop("meta"), state
+        except (pickle.UnpicklingError, RuntimeError, KeyError, AttributeError) as error:
+            raise UnreadableCheckpoint(str(path)) from error
 
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a training state, with the fresh SVI of :meth:`build`.
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics."""
-    args = cli.parse_train_args(BACKEND, argv)
-    with cli.exit_on_interrupt(args.out, CHECKPOINT):
-        metrics = train(args)
-    print(outputs.summary_line(metrics))
-    return metrics
+        Generator states stay on the host; parameters move to the device. The machine's
+        parameters (``pyro.module``) are unconstrained.
+        """
+        params = {
+            name: value.to(self._device).requires_grad_() for name, value in state["params"].items()
+        }
+        pyro.clear_param_store()
+        pyro.get_param_store().set_state(
+            {"params": params, "constraints": dict.fromkeys(params, constraints.real)}
+        )
+        self._svi.optim.set_state(state["optim"])
+        _set_rng_state(state["rng"])
+        self._batches.set_state(state["batches"])
+
+    # -- the trained machine ----------------------------------------------------------------
+    def _images(self, images: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(images, dtype=torch.float32, device=self._device)
+
+    def generative_weights(self) -> GenerativeWeights:
+        return self._machine.generative_weights()
+
+    def evaluation_key(self) -> None:
+        return None  # Pyro draws from its global generators
+
+    def split_key(self, key: None, num: int) -> list[None]:
+        return [None] * num
+
+    def log_likelihood_sum(
+        self, images: np.ndarray, key: None, *, num_particles: int, chunk_size: int
+    ) -> float:
+        machine = self._machine
+        log_px = importance_log_likelihood(
+            machine.model, machine.guide, self._images(images),
+            num_particles=num_particles, chunk_size=chunk_size,
+        )  # fmt: skip
+        return float(log_px.sum())
+
+    def log_weights(
+        self, images: np.ndarray, key: None, *, num_particles: int, chunk_size: int
+    ) -> np.ndarray:
+        machine = self._machine
+        log_weights = importance_log_weights(
+            machine.model, machine.guide, self._images(images),
+            num_particles=num_particles, chunk_size=chunk_size,
+        )  # fmt: skip
+        return log_weights.double().cpu().numpy()
+
+    def sample(self, num_samples: int, key: None) -> np.ndarray:
+        return self._machine.sample(num_samples).cpu().numpy()

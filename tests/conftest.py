@@ -42,20 +42,20 @@ def pyro_seed_0():
     pyro.set_rng_seed(0)
 
 
-def ctrl_c_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch, train_module) -> None:
+def ctrl_c_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make a trainer's run stop like a Ctrl-C just after its checkpoint at step 5.
 
-    Checkpoints fall every 5 steps (``wakesleep.training.MIN_CHECKPOINT_INTERVAL``); the
-    first one is written, then ``KeyboardInterrupt`` is raised. ``monkeypatch.undo()``
+    Checkpoints fall every 5 steps (``wakesleep.trainer.schedule.MIN_CHECKPOINT_INTERVAL``);
+    the first one is written, then ``KeyboardInterrupt`` is raised. ``monkeypatch.undo()``
     restores the trainer.
     """
-    import wakesleep.training as training
+    from wakesleep.trainer import loop, schedule
 
-    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)
-    save = train_module._save_checkpoint
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    save = loop.save_checkpoint
 
     def save_then_ctrl_c(*args):
         save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_ctrl_c)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_ctrl_c)

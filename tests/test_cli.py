@@ -1,4 +1,5 @@
-"""The trainer's command line and output files (DESIGN.md §3), backend-neutral parts."""
+"""The trainer's command line, run folder and output files (``docs/design.md`` §3),
+backend-neutral parts."""
 
 from __future__ import annotations
 
@@ -16,21 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import wakesleep.outputs as outputs
-from wakesleep.cli import (
+import wakesleep.trainer.outputs as outputs
+from wakesleep.trainer.arguments import (
     DATASET_DEFAULTS,
     build_parser,
-    check_resume,
-    exit_on_interrupt,
     layers_type,
-    load_data,
     parse_train_args,
-    prepare_out_dir,
     resolve_defaults,
-    run_settings,
 )
-from wakesleep.initialisation import INITS
-from wakesleep.outputs import (
+from wakesleep.trainer.initialisation import INITS
+from wakesleep.trainer.outputs import (
     METRICS_KEYS,
     atomic_write_bytes,
     save_curve,
@@ -38,7 +34,15 @@ from wakesleep.outputs import (
     write_json,
     write_metrics,
 )
-from wakesleep.training import CtrlC, Interrupted
+from wakesleep.trainer.runs import (
+    CtrlC,
+    Interrupted,
+    check_resume,
+    exit_on_interrupt,
+    load_data,
+    prepare_out_dir,
+    run_settings,
+)
 
 BACKENDS = ("pyro_wakesleep", "numpyro_wakesleep")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,15 +85,21 @@ def test_issue_defaults():
         assert 0 < defaults["lr_decay"] <= 1 and defaults["init"] in INITS
 
 
-def test_checkpoints_from_before_the_schedule_resume_with_its_neutral_values():
-    args = parse_train_args("pyro_wakesleep", _train("--dataset", "digits", "--algorithm", "rws"))
-    new_keys = ("lr_decay", "init", "restarts")
-    saved = {k: v for k, v in run_settings(args).items() if k not in new_keys}
-    check_resume(saved, args)  # digits: lr_decay 1 and init "default", as before
-    bars = parse_train_args("pyro_wakesleep", _train("--dataset", "bars", "--algorithm", "rws"))
-    old_bars = {k: v for k, v in run_settings(bars).items() if k not in new_keys}
-    with pytest.raises(SystemExit, match="lr_decay: checkpoint 1.0 vs now 0.01"):
-        check_resume(old_bars, bars)
+def test_resume_names_every_setting_that_differs_from_the_checkpoint():
+    args = parse_train_args("pyro_wakesleep", _train("--dataset", "bars", "--algorithm", "rws"))
+    saved = run_settings(args)
+    assert saved["layers"] == [8, 1]  # JSON values: a checkpoint stores a list
+    check_resume(json.loads(json.dumps(saved)), args)  # the same settings resume
+    longer = parse_train_args(
+        "pyro_wakesleep", _train("--dataset", "bars", "--algorithm", "rws", "--steps", "9")
+    )
+    check_resume(saved, longer)  # --steps may change
+    other = {**saved, "lr": 0.5, "layers": [4]}
+    with pytest.raises(SystemExit, match=r"layers: checkpoint \[4\] vs now \[8, 1\], lr: "):
+        check_resume(other, args)
+    without = {k: v for k, v in saved.items() if k != "lr_decay"}
+    with pytest.raises(SystemExit, match="lr_decay: checkpoint None vs now 0.01"):
+        check_resume(without, args)
 
 
 def test_explicit_flags_win():
@@ -319,10 +329,14 @@ def test_neutral_package_imports_no_backend_and_plots_without_pyplot(tmp_path):
     code = f"""
 import sys
 import numpy as np
-import wakesleep, wakesleep.cli, wakesleep.datasets, wakesleep.exact, wakesleep.outputs
+import wakesleep, wakesleep.trainer
+from wakesleep.trainer import (
+    arguments, backend, datasets, evaluation, exact, initialisation, loop, outputs, plots,
+    runs, schedule,
+)
 banned = ("torch", "pyro", "jax", "numpyro", "matplotlib")
 assert not [m for m in banned if m in sys.modules], [m for m in banned if m in sys.modules]
-wakesleep.outputs.save_samples({str(tmp_path)!r}, np.ones((4, 4), dtype=np.uint8), (2, 2))
+outputs.save_samples({str(tmp_path)!r}, np.ones((4, 4), dtype=np.uint8), (2, 2))
 assert "matplotlib" in sys.modules and "matplotlib.pyplot" not in sys.modules
 assert not [m for m in banned[:4] if m in sys.modules]
 """

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from wakesleep.datasets import (
+from wakesleep.trainer.datasets import (
     DATASETS,
     BinaryDataset,
     DataFileNotFoundError,

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-import wakesleep.exact as exact
-from wakesleep.datasets import bars_distribution
-from wakesleep.exact import (
+import wakesleep.trainer.exact as exact
+from wakesleep.trainer.datasets import bars_distribution
+from wakesleep.trainer.exact import (
     bars_kl_bits,
     entropy_bits,
     helmholtz_enumerable,

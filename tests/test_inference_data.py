@@ -265,3 +265,19 @@ def test_resample_rejects_bad_input():
         importance_resample(global_in_local)
     with pytest.raises(ValueError, match="sample_stats.log_weight"):
         importance_resample(az.from_dict(posterior={"z": np.zeros((1, 30))}))
+
+
+def test_draw_axes_name_plates_and_drop_size_one_axes_that_are_no_plate():
+    # batch (1, 5, 3) left of an event of 2: dim -3 is no plate (size 1: dropped), dim -2 is
+    # plate "data", dim -1 a batch axis no plate declares
+    index, names = inference_data.draw_axes("z", (1, 5, 3), 1, {-2: "data"})
+    assert index == (slice(None), 0, slice(None), slice(None))
+    assert names == ["draw", "data", "z_dim_0", "z_dim_1"]
+    draws = np.zeros((7, 1, 5, 3, 2))
+    assert draws[index].shape == (7, 5, 3, 2) and len(names) == 4
+
+
+def test_observed_axes_use_a_plate_name_only_where_its_size_fits():
+    plates = {-2: ("rows", 4), -1: ("cols", 9)}
+    # the value's size along "cols" is 3, not the plate's 9: a default name instead
+    assert inference_data.observed_axes("x", (4, 3, 2), 1, plates) == ["rows", "x_dim_0", "x_dim_1"]

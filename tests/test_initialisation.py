@@ -1,5 +1,5 @@
 """``HelmholtzMachine(..., init=...)``: both backends start every parameter as
-:func:`wakesleep.initialisation.helmholtz_inits` says."""
+:func:`wakesleep.trainer.initialisation.helmholtz_inits` says."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from wakesleep.initialisation import INITS, Uniform, helmholtz_inits
+from wakesleep.trainer.initialisation import INITS, Uniform, helmholtz_inits
 
 SHAPES = [(16, (8, 1)), (6, (4, 3, 2)), (5, (3,))]
 

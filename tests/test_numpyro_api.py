@@ -151,7 +151,7 @@ def test_unbatchable_guide_falls_back_to_sequential_dreams_with_one_warning():
         fallen_back = jax.jit(grad(loss))(params)
         jax.eval_shape(grad(loss), params)  # traced again: no second warning
     assert sum("one at a time" in str(w.message) for w in record) == 1
-    assert loss._dreamer.vectorize is False
+    assert loss._vectorize_dreams is False
     sequential = jax.jit(grad(ReweightedWakeSleep(3, 0.0, 4, vectorize_particles=False)))(params)
     for name in params:
         np.testing.assert_allclose(fallen_back[name], sequential[name], rtol=1e-5)
@@ -425,3 +425,51 @@ def test_no_warning_for_discrete_latents_under_svi():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         svi.init(KEY, jnp.ones((3, 4)))
+
+
+def _unbatchable(error: Exception):
+    """The identity, whose batching rule raises ``error``: fine one dream at a time only."""
+
+    @jax.custom_batching.custom_vmap
+    def identity(x):
+        return x
+
+    @identity.def_vmap
+    def rule(axis_size, in_batched, x):
+        raise error
+
+    return identity
+
+
+def _guide_through(transform):
+    def through_guide(x):
+        b = numpyro.param("b", 0.0)
+        log_s = numpyro.param("log_s", 0.0)
+        with numpyro.plate("data", x.shape[-1]):
+            numpyro.sample("z", dist.Normal(transform(x) / 2 + b, jnp.exp(log_s)))
+
+    return through_guide
+
+
+@pytest.mark.parametrize(
+    "error",
+    [NotImplementedError("no batching rule"), TypeError("bad operand"), ValueError("bad shape")],
+)
+def test_a_batching_failure_falls_back_to_sequential_dreams(error):
+    loss = ReweightedWakeSleep(num_particles=2, insomnia=0.0, num_sleep_particles=3)
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        value = loss.loss(KEY, EXACT, model, _guide_through(_unbatchable(error)), X_FAR)
+    assert np.isfinite(float(value)) and loss._vectorize_dreams is False
+    sequential = ReweightedWakeSleep(2, 0.0, 3, vectorize_particles=False)
+    expected = sequential.loss(KEY, EXACT, model, _guide_through(lambda x: x), X_FAR)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_an_error_that_is_no_batching_failure_is_raised_not_taken_for_one():
+    loss = ReweightedWakeSleep(num_particles=2, insomnia=0.0, num_sleep_particles=3)
+    guide_with_bug = _guide_through(_unbatchable(LookupError("a bug in the guide")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall-back warning either
+        with pytest.raises(LookupError, match="a bug in the guide"):
+            loss.loss(KEY, EXACT, model, guide_with_bug, X_FAR)
+    assert loss._vectorize_dreams is True

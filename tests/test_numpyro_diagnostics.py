@@ -454,7 +454,7 @@ def sub_global_guide(x):
 
 def test_joint_weights_with_subsampling_use_scaled_log_densities():
     # With a global latent the weights target the full-data posterior: the mini-batch's
-    # likelihood enters multiplied by N/B (DESIGN §1). Catches the unscaled variant.
+    # likelihood enters multiplied by N/B (docs/design.md §1). Catches the unscaled variant.
     x = data(N_SUB, seed=7)
     idata = to_inference_data(
         sub_global_model, sub_global_guide, {}, x, num_samples=30, rng_key=KEY

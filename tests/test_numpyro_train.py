@@ -2,7 +2,7 @@
 
 The trainer tests mirror ``tests/test_pyro_train.py``. The helpers of
 :class:`numpyro_wakesleep.helmholtz.HelmholtzMachine` are checked against exact
-enumeration (:mod:`wakesleep.exact`) on machines small enough to enumerate:
+enumeration (:mod:`wakesleep.trainer.exact`) on machines small enough to enumerate:
 
 - ``generative_weights`` feeds the exact ``log p(x)``, which must equal the importance
   estimate of :mod:`numpyro_wakesleep.evaluation` with many particles, within 5 of its
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -30,13 +31,12 @@ from jax import random
 from scipy import stats
 from trainer_helpers import interrupted, press_ctrl_c_after_first_call
 
-import numpyro_wakesleep.train as train_module
-import wakesleep.training as training
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
-from numpyro_wakesleep.train import CHECKPOINT, main
-from wakesleep.datasets import load_dataset
-from wakesleep.exact import helmholtz_log_marginal
+from numpyro_wakesleep.train import CHECKPOINT, LEGACY_CHECKPOINT, HelmholtzTrainer, main
+from wakesleep.trainer import evaluation, loop, schedule
+from wakesleep.trainer.datasets import load_dataset
+from wakesleep.trainer.exact import helmholtz_log_marginal
 
 TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
         "--restarts", "2"]  # fmt: skip
@@ -48,8 +48,9 @@ def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -
 
 
 def load_checkpoint(folder: Path) -> dict:
-    with (folder / CHECKPOINT).open("rb") as handle:
-        return pickle.load(handle)
+    """The checkpoint in ``folder`` as the trainer reads it: its meta and state together."""
+    meta, state = HelmholtzTrainer().read_checkpoint(folder / CHECKPOINT)
+    return {**meta, **state}
 
 
 def has_gpu() -> bool:
@@ -110,8 +111,10 @@ def same_run(straight_folder: Path, straight: dict, folder: Path, resumed: dict)
     for name, value in a["params"].items():
         assert value.dtype == b["params"][name].dtype
         assert np.array_equal(value, b["params"][name]), name
+    assert len(a["optim"]) == len(b["optim"]) > 0
     for x, y in zip(a["optim"], b["optim"], strict=True):
-        assert np.array_equal(x, y)
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert np.array_equal(a["optim_step"], b["optim_step"])
     assert np.array_equal(a["rng"], b["rng"]) and np.array_equal(a["batches"], b["batches"])
     assert a["curve"] == b["curve"]
     for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
@@ -125,10 +128,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
     finished, tmp_path, monkeypatch, capsys
 ):
     # bars' default learning rate decays over --steps: the schedule must survive too
-    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)
-    press_ctrl_c_after_first_call(
-        monkeypatch, train_module, "_save_checkpoint"
-    )  # during step 5's save
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(monkeypatch, loop, "save_checkpoint")  # during step 5's save
     assert interrupted(capsys, run, tmp_path) == (
         f"Interrupted at step 6; checkpoint saved in {tmp_path}. Resume with the same command "
         "plus --resume."
@@ -144,7 +145,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
 def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
     finished, tmp_path, monkeypatch, capsys
 ):
-    press_ctrl_c_after_first_call(monkeypatch, train_module, "_nll")  # the training NLL
+    press_ctrl_c_after_first_call(monkeypatch, evaluation, "mean_nll")  # the training NLL
     assert interrupted(capsys, run, tmp_path) == (
         f"Interrupted during the final evaluation; the trained machine is saved in {tmp_path}. "
         "Resume with the same command plus --resume to redo the evaluation."
@@ -180,7 +181,7 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(finished, tmp_p
 
 @pytest.mark.slow
 def test_resume_needs_a_checkpoint_with_the_same_settings(finished, tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint.pkl"):
+    with pytest.raises(SystemExit, match="no checkpoint.npz"):
         run(tmp_path, "--resume")
     folder = copy_of(finished["rws"][0], tmp_path)
     before = (folder / CHECKPOINT).read_bytes()
@@ -189,6 +190,49 @@ def test_resume_needs_a_checkpoint_with_the_same_settings(finished, tmp_path):
     with pytest.raises(SystemExit, match="algorithm: checkpoint 'rws' vs now 'ws'"):
         run(folder, "--resume", algorithm="ws")
     assert (folder / CHECKPOINT).read_bytes() == before
+
+
+class RunsCode:
+    """Unpickling this makes the folder ``made``: a stand-in for code in a pickle."""
+
+    def __init__(self, made: Path) -> None:
+        self.made = made
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.made),))
+
+
+def refused(folder: Path, *extra: str) -> str:
+    """The one-line error with which a run in ``folder`` refuses its checkpoint."""
+    with pytest.raises(SystemExit) as info:
+        run(folder, *extra)
+    message = str(info.value.code)
+    assert "\n" not in message and " is not a checkpoint this release reads " in message
+    assert message.endswith(
+        "Start a new run instead: the same command without --resume, with another --out."
+    )
+    return message
+
+
+@pytest.mark.slow
+def test_a_pickled_checkpoint_is_refused_without_running_its_code(finished, tmp_path):
+    made = tmp_path / "made_by_unpickling"
+    # the release before pickled its checkpoint.pkl: neither resumed nor overwritten
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / LEGACY_CHECKPOINT).write_bytes(pickle.dumps({"step": 12, "code": RunsCode(made)}))
+    for extra in (("--resume",), ()):
+        assert refused(legacy, *extra).startswith(f"error: {legacy / LEGACY_CHECKPOINT} ")
+    assert sorted(path.name for path in legacy.iterdir()) == [LEGACY_CHECKPOINT]
+    # a checkpoint.npz that holds a pickled object array, or that is a pickle
+    folder = copy_of(finished["rws"][0], tmp_path)
+    with np.load(folder / CHECKPOINT) as npz:
+        arrays = dict(npz)
+    np.savez(folder / CHECKPOINT, **arrays, extra=np.array([RunsCode(made)], dtype=object))
+    assert refused(folder, "--resume").startswith(f"error: {folder / CHECKPOINT} ")
+    (folder / CHECKPOINT).write_bytes(pickle.dumps(RunsCode(made)))
+    refused(folder, "--resume")
+    assert not made.exists()
 
 
 @pytest.mark.skipif(has_gpu(), reason="checks the message shown without a GPU")

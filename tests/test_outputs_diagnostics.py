@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from wakesleep.outputs import save_diagnostics
+from wakesleep.trainer.outputs import save_diagnostics
 
 
 def test_fractions_and_quantiles_follow_the_khats(tmp_path):

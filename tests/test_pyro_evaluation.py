@@ -20,7 +20,7 @@ from _helpers_evaluation import (
 
 from pyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from pyro_wakesleep.helmholtz import HelmholtzMachine
-from wakesleep.exact import helmholtz_log_marginal
+from wakesleep.trainer.exact import helmholtz_log_marginal
 
 
 def test_importance_estimate_agrees_with_exact_enumeration():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,11 @@ import torch
 from conftest import ctrl_c_after_first_checkpoint
 from trainer_helpers import interrupted, press_ctrl_c_after_first_call
 
-import pyro_wakesleep.train as train_module
-import wakesleep.training as training
 from pyro_wakesleep.helmholtz import HelmholtzMachine
 from pyro_wakesleep.train import CHECKPOINT, main
-from wakesleep.datasets import load_dataset
-from wakesleep.exact import helmholtz_log_marginal
+from wakesleep.trainer import evaluation, loop, schedule
+from wakesleep.trainer.datasets import load_dataset
+from wakesleep.trainer.exact import helmholtz_log_marginal
 
 TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples", "40",
         "--restarts", "2"]  # fmt: skip
@@ -28,6 +28,11 @@ TINY = ["--steps", "12", "--batch-size", "8", "--particles", "3", "--num-samples
 def run(out: Path, *extra: str, dataset: str = "bars", algorithm: str = "rws") -> dict:
     argv = ["train", "--dataset", dataset, "--algorithm", algorithm, *TINY, *extra]
     return main([*argv, "--out", str(out)])
+
+
+def load_checkpoint(folder: Path) -> dict:
+    """The checkpoint in ``folder``, loaded as the trainer does: tensors and plain data only."""
+    return torch.load(folder / CHECKPOINT, weights_only=True)
 
 
 @pytest.mark.parametrize("algorithm", ["rws", "ws"])
@@ -52,12 +57,15 @@ def test_writes_every_output(tmp_path, algorithm):
 
 
 def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12) -> None:
-    ca = torch.load(a_folder / CHECKPOINT, weights_only=False)
-    cb = torch.load(b_folder / CHECKPOINT, weights_only=False)
-    assert ca["step"] == cb["step"] == steps
-    for name, value in ca["params"]["params"].items():
-        assert torch.equal(value, cb["params"]["params"][name]), name
-    assert ca["curve"] == cb["curve"]
+    ca, cb = load_checkpoint(a_folder), load_checkpoint(b_folder)
+    assert ca["meta"]["step"] == cb["meta"]["step"] == steps
+    assert ca["params"].keys() == cb["params"].keys()
+    for name, value in ca["params"].items():
+        assert torch.equal(value, cb["params"][name]), name
+    assert ca["meta"]["curve"] == cb["meta"]["curve"] and len(ca["meta"]["curve"]) == steps
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+    assert ca["rng"]["numpy"] == cb["rng"]["numpy"] and ca["rng"]["random"] == cb["rng"]["random"]
+    assert torch.equal(ca["batches"], cb["batches"])
     for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
         assert a[key] == b[key]
 
@@ -67,16 +75,14 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
 ):
     # bars' default learning rate decays over --steps: the schedule must survive too
     straight = run(tmp_path / "straight")
-    monkeypatch.setattr(training, "MIN_CHECKPOINT_INTERVAL", 5)
-    press_ctrl_c_after_first_call(
-        monkeypatch, train_module, "_save_checkpoint"
-    )  # during step 5's save
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(monkeypatch, loop, "save_checkpoint")  # during step 5's save
     folder = tmp_path / "resumed"
     assert interrupted(capsys, run, folder) == (
         f"Interrupted at step 6; checkpoint saved in {folder}. Resume with the same command "
         "plus --resume."
     )  # the step under way when Ctrl-C came was finished and saved
-    assert torch.load(folder / CHECKPOINT, weights_only=False)["step"] == 6
+    assert load_checkpoint(folder)["meta"]["step"] == 6
     assert not (folder / "metrics.json").exists()
     monkeypatch.undo()
     resumed = run(folder, "--resume")
@@ -85,11 +91,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
 
 def test_a_keyboard_interrupt_between_safe_points_exits_cleanly_too(tmp_path, monkeypatch, capsys):
     # a second Ctrl-C raises at once; the last checkpoint written is the one to resume
-    ctrl_c_after_first_checkpoint(monkeypatch, train_module)
+    ctrl_c_after_first_checkpoint(monkeypatch)
     assert interrupted(capsys, run, tmp_path).startswith(
         f"Interrupted; the last checkpoint is in {tmp_path}."
     )
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["step"] == 5
+    assert load_checkpoint(tmp_path)["meta"]["step"] == 5
     monkeypatch.undo()
     assert run(tmp_path, "--resume")["steps"] == 12
 
@@ -98,13 +104,13 @@ def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
     tmp_path, monkeypatch, capsys
 ):
     straight = run(tmp_path / "straight")
-    press_ctrl_c_after_first_call(monkeypatch, train_module, "_nll")  # the training NLL
+    press_ctrl_c_after_first_call(monkeypatch, evaluation, "mean_nll")  # the training NLL
     folder = tmp_path / "resumed"
     assert interrupted(capsys, run, folder) == (
         f"Interrupted during the final evaluation; the trained machine is saved in {folder}. "
         "Resume with the same command plus --resume to redo the evaluation."
     )
-    assert torch.load(folder / CHECKPOINT, weights_only=False)["step"] == 12
+    assert load_checkpoint(folder)["meta"]["step"] == 12
     assert not (folder / "metrics.json").exists()
     monkeypatch.undo()
     resumed = run(folder, "--resume")
@@ -117,8 +123,8 @@ def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
 def test_reported_nlls_are_the_exact_mean_per_image(tmp_path):
     metrics = run(tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["nll_method"] == "exact"
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
-    pyro.get_param_store().set_state(state["params"])
+    for name, value in load_checkpoint(tmp_path)["params"].items():
+        pyro.param(name, value)
     top, layers = HelmholtzMachine(16, (8, 1)).generative_weights()
     data = load_dataset("bars")
     for split, key in ((data.test, "test_nll_nats"), (data.train, "train_nll_nats")):
@@ -151,6 +157,43 @@ def test_resume_needs_a_checkpoint_with_the_same_settings(tmp_path):
     run(tmp_path)
     with pytest.raises(SystemExit, match="lr"):
         run(tmp_path, "--resume", "--lr", "0.5")
+
+
+class RunsCode:
+    """Unpickling this makes the folder ``made``: a stand-in for code in a pickle."""
+
+    def __init__(self, made: Path) -> None:
+        self.made = made
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.made),))
+
+
+def test_a_pickled_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
+    # what the release before wrote: pickled parameter-store state (constraint objects) and
+    # NumPy generator state, beside an object whose unpickling runs code
+    pyro.param("helmholtz_generative.top_logits", torch.zeros(1))
+    made = tmp_path / "made_by_unpickling"
+    legacy = {
+        "step": 12,
+        "params": pyro.get_param_store().get_state(),
+        "rng": pyro.util.get_rng_state(),
+        "extra": RunsCode(made),
+    }
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(legacy, folder / CHECKPOINT)
+    before = (folder / CHECKPOINT).read_bytes()
+    with pytest.raises(SystemExit) as info:
+        run(folder, "--resume")
+    message = str(info.value.code)
+    assert message.startswith(f"error: {folder / CHECKPOINT} is not a checkpoint this release")
+    assert message.endswith(
+        "Start a new run instead: the same command without --resume, with another --out."
+    )
+    assert "\n" not in message
+    assert not made.exists() and (folder / CHECKPOINT).read_bytes() == before
+    assert not (folder / "metrics.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")

@@ -1,16 +1,18 @@
-"""The trainers' shared policies: learning-rate schedule, restarts, checkpoint steps."""
+"""The trainers' shared policies: objective, learning-rate schedule, restarts, checkpoint
+steps, the evaluation's images and method."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wakesleep.training import (
+from wakesleep.trainer.evaluation import nll_method, train_nll_images
+from wakesleep.trainer.schedule import (
     best_restart,
     is_checkpoint_step,
     learning_rate,
+    objective,
     selection_steps,
-    train_nll_images,
 )
 
 
@@ -52,3 +54,20 @@ def test_importance_train_nll_scores_the_first_thousand_images_exact_scores_all(
     images = np.arange(3_000)
     assert np.array_equal(train_nll_images(images, exact=False), np.arange(1_000))
     assert train_nll_images(images, exact=True) is images
+
+
+def test_the_nll_method_names_the_importance_particles():
+    assert nll_method(exact=True) == "exact"
+    assert nll_method(exact=False) == "importance-5000"
+
+
+def test_rws_is_the_wake_phase_guide_update_ws_the_classic_algorithm():
+    class Losses:  # stands in for a backend's losses module
+        def ReweightedWakeSleep(**kwargs):  # noqa: N802
+            return ("rws", kwargs)
+
+        def WakeSleep(**kwargs):  # noqa: N802
+            return ("ws", kwargs)
+
+    assert objective("rws", 7, Losses) == ("rws", {"num_particles": 7, "insomnia": 1.0})
+    assert objective("ws", 3, Losses) == ("ws", {"num_particles": 3})

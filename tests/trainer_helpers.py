@@ -11,10 +11,11 @@ import pytest
 
 
 def press_ctrl_c_after_first_call(
-    monkeypatch: pytest.MonkeyPatch, train_module: ModuleType, name: str
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str
 ) -> None:
-    """Press Ctrl-C (a real SIGINT) once, as the trainer's function ``name`` first returns."""
-    function = getattr(train_module, name)
+    """Press Ctrl-C (a real SIGINT) once, as the function ``name`` of the trainer's ``module``
+    (e.g. :mod:`wakesleep.trainer.loop`) first returns."""
+    function = getattr(module, name)
     calls = []
 
     def then_ctrl_c(*args, **kwargs):
@@ -24,7 +25,7 @@ def press_ctrl_c_after_first_call(
         calls.append(args)
         return result
 
-    monkeypatch.setattr(train_module, name, then_ctrl_c)
+    monkeypatch.setattr(module, name, then_ctrl_c)
 
 
 def interrupted(capsys: pytest.CaptureFixture, run: Callable, out: Path, *extra: str) -> str:

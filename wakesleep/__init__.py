@@ -1,7 +1,8 @@
 """Backend-neutral pieces shared by ``pyro_wakesleep`` and ``numpyro_wakesleep``.
 
-Only NumPy (and, for plots, Matplotlib) lives here: data sets, exact
-computations on small Helmholtz machines, the trainer's command line and output
-files, and the ArviZ conversion of importance-weighted draws. Neither backend
-imports the other; both may import this package.
+What users import for their own models: :mod:`wakesleep.contract` (the objectives'
+argument contract) and :mod:`wakesleep.inference_data` (ArviZ conversion of
+importance-weighted draws). The trainer application (command line, data sets, outputs)
+is :mod:`wakesleep.trainer`. Only NumPy (and, for plots, Matplotlib) is imported here:
+neither backend imports the other; both may import this package.
 """

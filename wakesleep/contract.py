@@ -1,4 +1,4 @@
-"""What both backends check and say in the same words (DESIGN.md §1–2).
+"""What both backends check and say in the same words (``docs/design.md`` §1–2).
 
 The objectives of ``pyro_wakesleep`` and ``numpyro_wakesleep`` take the same
 arguments with the same meaning, raise the same errors and route dreams to the
@@ -13,7 +13,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -24,19 +24,25 @@ __all__ = [
     "ModelGuideMismatchError",
     "NonFiniteDataError",
     "NonFiniteLossWarning",
+    "PHASES",
     "Phase",
     "ROUTING_HINTS",
     "RowAccess",
     "SubSample",
+    "VectorizationWarning",
     "check_draw_arguments",
     "check_objective_arguments",
     "check_site_match",
     "not_an_instance",
     "non_finite_data_error",
+    "non_finite_loss_message",
     "route_dreams",
 ]
 
 Phase = Literal["both", "model", "guide"]
+#: Every phase, the vocabulary of both backends: ``"both"`` updates model and guide,
+#: ``"model"`` the model only (wake-θ), ``"guide"`` the guide only.
+PHASES: tuple[Phase, ...] = get_args(Phase)
 #: The first phase of a step for each value of ``alternate``.
 FIRST_PHASE: dict[object, Phase] = {
     False: "both",
@@ -64,8 +70,40 @@ class NonFiniteDataError(ValueError):
     """An observed site holds NaN or infinite values where no mask hides them."""
 
 
+class VectorizationWarning(RuntimeWarning):
+    """Particles or dreams could not be batched for this model and guide: they now run one
+    at a time."""
+
+
+def non_finite_loss_message(
+    bad_terms: list[str], dead_datapoints: int, bad_sites: list[str], advice: str = ""
+) -> str:
+    """What a non-finite wake-sleep evaluation says, from the facts a backend extracted.
+
+    :param bad_terms: the names of the non-finite terms (``"loss"``, ``"wake_theta"``, ...).
+    :param dead_datapoints: how many datapoints have zero weight under every particle.
+    :param bad_sites: ``"model site 'z'"``-style labels of sites with a non-finite
+        log-density.
+    :param advice: a last sentence particular to the backend.
+    """
+    parts = [f"Non-finite wake-sleep term(s) {bad_terms}."]
+    if dead_datapoints:
+        parts.append(
+            f"{dead_datapoints} datapoint(s) have zero weight under every particle "
+            "(log p(x, z) - log q(z|x) = -inf for all of them)."
+        )
+    if bad_sites:
+        parts.append(f"Non-finite log-probabilities at {', '.join(bad_sites)}.")
+    parts.append(
+        "Check that the guide proposes only values the model supports, that probabilities "
+        "are not exactly 0 or 1 (clamp logits), and the learning rate." + advice
+    )
+    return " ".join(parts)
+
+
 def non_finite_data_error(
     site: str,
+    *,
     bad: np.ndarray,
     kinds: list[str],
     sub_sampled: dict[int, np.ndarray],
@@ -115,7 +153,7 @@ def _check_plate_nesting(max_plate_nesting: object) -> None:
 
 
 def check_draw_arguments(
-    num_samples: object, chunk_size: object, max_plate_nesting: object, vectorize: object
+    *, num_samples: object, chunk_size: object, max_plate_nesting: object, vectorize: object
 ) -> None:
     """Raise ``ValueError`` naming the first invalid argument of ``to_inference_data``."""
     _check_count("num_samples", num_samples)
@@ -139,6 +177,7 @@ def not_an_instance(objective: str | None = None) -> str:
 
 def check_objective_arguments(
     objective: str,
+    *,
     num_particles: object,
     insomnia: object,
     num_sleep_particles: object,

@@ -45,8 +45,10 @@ except ImportError as error:
 
 __all__ = [
     "build_inference_data",
+    "draw_axes",
     "importance_ess",
     "importance_resample",
+    "observed_axes",
     "psis_log_weights",
 ]
 
@@ -155,6 +157,54 @@ def _axis_names(
     names += [f"{name}_dim_{i}" for i in range(len(shape) - len(names))]
     if len(set(names)) != len(names):
         raise ValueError(f"dims[{name!r}] repeats a dimension name: {names}.")
+    return names
+
+
+def draw_axes(
+    site: str, batch_shape: Sequence[int], event_ndim: int, plates: Mapping[int, str]
+) -> tuple[tuple[int | slice, ...], list[str]]:
+    """How to index a guide site's draws ``(S, *batch_shape, *event_shape)`` and name the result.
+
+    ``batch_shape`` is left-padded to the model's plate dims; ``plates`` maps a plate's dim
+    (negative) to its name. The index drops the size-1 batch axes that are no plate; the
+    names are ``"draw"``, then each plate's name, other batch axes and the event axes being
+    ``"{site}_dim_{i}"``.
+    """
+    names: list[str] = [DRAW]
+    index: list[int | slice] = [slice(None)]
+    extra = 0
+    for axis, size in enumerate(batch_shape):
+        dim = axis - len(batch_shape)  # the plate dim this axis stands for
+        if dim in plates:
+            names.append(plates[dim])
+        elif size == 1:
+            index.append(0)
+            continue
+        else:
+            names.append(f"{site}_dim_{extra}")
+            extra += 1
+        index.append(slice(None))
+    names += [f"{site}_dim_{extra + i}" for i in range(event_ndim)]
+    return tuple(index), names
+
+
+def observed_axes(
+    site: str, shape: Sequence[int], event_ndim: int, plates: Mapping[int, tuple[str, int]]
+) -> list[str]:
+    """Names of an observed value's axes: a plate's name where the value's size along the
+    plate's dim is the plate's size, else ``"{site}_dim_{i}"``.
+
+    :param plates: ``{dim: (name, size)}`` of the plates enclosing the site.
+    """
+    batch_ndim = len(shape) - event_ndim
+    names, extra = [], 0
+    for axis, size in enumerate(shape):
+        plate = plates.get(axis - batch_ndim) if axis < batch_ndim else None
+        if plate is not None and size == plate[1]:
+            names.append(plate[0])
+        else:
+            names.append(f"{site}_dim_{extra}")
+            extra += 1
     return names
 
 

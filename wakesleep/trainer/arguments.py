@@ -1,4 +1,4 @@
-"""The trainer's command line, shared by both backends (DESIGN.md §3).
+"""The trainer's command line, the same flags in both backends (``docs/design.md`` §3).
 
 ::
 
@@ -9,63 +9,50 @@
     python -m numpyro_wakesleep train ...
 
 ``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised images,
-with any number of pixels (:func:`wakesleep.datasets.load_data_file`); the data set is
-then ``"file"``.
+with any number of pixels (:func:`wakesleep.trainer.datasets.load_data_file`); the data set
+is then ``"file"``.
 
 Every value is checked by an argparse ``type`` function, so a bad flag prints a usage
 message and exits with status 2 before anything is trained. Flags whose sensible value
 depends on the data set (``--layers``, ``--particles``, ``--steps``, ``--batch-size``,
 ``--lr``, ``--lr-decay``, ``--init``, ``--restarts``) parse to ``None`` when absent;
-:func:`resolve_defaults` fills them from :data:`DATASET_DEFAULTS`.
-
-The data are checked next (:func:`load_data`): a file that is missing, unreadable or not
-0/1 ends the run with a one-line ``error:`` (status 1) before ``--out`` is created
-(:func:`prepare_out_dir`). A Ctrl-C ends it with one line that says what was saved and
-how to resume, status 130 (:func:`exit_on_interrupt`).
+:func:`resolve_defaults` fills them from :data:`DATASET_DEFAULTS`. What happens to the data
+and the ``--out`` folder next is :mod:`wakesleep.trainer.runs`.
 
 The learning rate of step ``t`` (from 0) is ``lr * lr_decay ** (t / steps)``: Adam's step
 size falls exponentially from ``--lr`` to ``--lr * --lr-decay`` over the run, in both
-backends (:func:`wakesleep.training.learning_rate`).
+backends (:func:`wakesleep.trainer.schedule.learning_rate`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-from wakesleep.datasets import DATASETS, BinaryDataset, load_dataset
-from wakesleep.initialisation import INITS
-from wakesleep.training import Interrupted
+from .datasets import DATASETS
+from .initialisation import INITS
 
 __all__ = [
     "DATASET_DEFAULTS",
+    "DATA_SET_DEPENDENT",
     "DEFAULT_NUM_SAMPLES",
     "add_train_arguments",
-    "RUN_KEYS",
     "build_parser",
-    "check_resume",
     "decay_type",
-    "exit_on_interrupt",
-    "interrupt_message",
     "layers_type",
-    "load_data",
     "non_negative_int",
     "parse_train_args",
     "positive_float",
     "positive_int",
-    "prepare_out_dir",
     "resolve_defaults",
-    "run_settings",
 ]
 
 #: Data-set-dependent defaults of the ``train`` flags (argparse ``dest`` names).
 #: ``bars`` is the 16-8-1 network of Hinton, Dayan, Frey & Neal (1995), started sparse
-#: (:mod:`wakesleep.initialisation`) with a large, decaying learning rate and the best of 16
-#: starts (:mod:`wakesleep.training`): the setting of the bars sweep in
+#: (:mod:`wakesleep.trainer.initialisation`) with a large, decaying learning rate and the best of 16
+#: starts (:mod:`wakesleep.trainer.schedule`): the setting of the bars sweep in
 #: benchmarks/results/training.md. ``digits`` keeps 16 hidden units so
 #: that its exact likelihood is enumerable (2^16 configurations). ``mnist5k`` trains for
 #: minutes on two CPU cores. ``file`` (the user's own binarised images, MNIST-sized by
@@ -108,7 +95,7 @@ DATASET_DEFAULTS["file"] = dict(DATASET_DEFAULTS["mnist5k"])
 DEFAULT_NUM_SAMPLES = 10_000
 
 #: The flags whose default depends on the data set: those of :data:`DATASET_DEFAULTS`.
-_DATA_SET_DEPENDENT = tuple(DATASET_DEFAULTS["bars"])
+DATA_SET_DEPENDENT = tuple(DATASET_DEFAULTS["bars"])
 
 
 def _int(text: str) -> int:
@@ -183,7 +170,7 @@ def layers_type(text: str) -> tuple[int, ...]:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``train`` flags of DESIGN.md §3 to ``parser`` and return it."""
+    """Add the ``train`` flags of ``docs/design.md`` §3 to ``parser`` and return it."""
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--dataset",
@@ -319,7 +306,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             f"No defaults for data set {resolved.dataset!r}; known: {', '.join(DATASET_DEFAULTS)}."
         )
     defaults = DATASET_DEFAULTS[resolved.dataset]
-    for name in _DATA_SET_DEPENDENT:
+    for name in DATA_SET_DEPENDENT:
         if getattr(resolved, name, None) is None:
             setattr(resolved, name, defaults[name])
     resolved.layers = tuple(resolved.layers)
@@ -334,99 +321,3 @@ def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argpars
     """
     args = build_parser(backend).parse_args(None if argv is None else list(argv))
     return resolve_defaults(args)
-
-
-#: The settings a resumed run must share with its checkpoint: all but ``--steps``, which a
-#: run with a constant learning rate may extend.
-RUN_KEYS = (
-    "dataset", "algorithm", *(k for k in _DATA_SET_DEPENDENT if k != "steps"), "seed"
-)  # fmt: skip
-#: What checkpoints written before a setting existed ran with.
-_RUN_KEYS_BEFORE = {"lr_decay": 1.0, "init": "default", "restarts": 1}
-
-
-def run_settings(args: argparse.Namespace) -> dict[str, object]:
-    """The settings of ``args`` that a checkpoint records (:data:`RUN_KEYS`)."""
-    return {key: getattr(args, key) for key in RUN_KEYS}
-
-
-def check_resume(saved: dict[str, object], args: argparse.Namespace) -> None:
-    """Exit with a message naming every setting where ``args`` differ from a checkpoint's."""
-    now = run_settings(args)
-    saved = {**_RUN_KEYS_BEFORE, **saved}
-    differing = {k: (saved.get(k), now[k]) for k in RUN_KEYS if saved.get(k) != now[k]}
-    if differing:
-        details = ", ".join(
-            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differing.items()
-        )
-        raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
-
-
-def load_data(args: argparse.Namespace) -> BinaryDataset:
-    """The data set of default-resolved ``args``, checked before anything is created.
-
-    :class:`~wakesleep.datasets.BinaryDataset` holds only 0/1 pixels, so the data are
-    finite and binary before any training. A file that is missing, unreadable, not 2-D or
-    not 0/1 (NaN and inf named with their rows), a missing optional dependency, or a
-    ``--batch-size`` larger than the training set exits with a one-line ``error:`` that says
-    what to do.
-    """
-    source = "--dataset " + args.dataset if args.data_file is None else "--data-file"
-    try:
-        data = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
-    except (ValueError, ImportError) as error:
-        raise SystemExit(f"error: {source}: {error}") from None
-    if args.batch_size > len(data.train):
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} is more than the {len(data.train)} "
-            f"training images of {source}; pass --batch-size {len(data.train)} or less."
-        )
-    return data
-
-
-def prepare_out_dir(out: Path, checkpoint: str, resume: bool) -> Path:
-    """Create ``--out``; refuse to overwrite an existing checkpoint unless resuming, or to
-    resume without one. Nothing the user has is replaced by a fresh run, and a refused run
-    creates nothing."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {out} is a file; give a folder (created if need be).")
-    has_checkpoint = (out / checkpoint).is_file()
-    if has_checkpoint and not resume:
-        raise SystemExit(
-            f"error: {out} already holds a {checkpoint}; pass --resume to continue it, or "
-            "choose another --out so that it is not overwritten."
-        )
-    if resume and not has_checkpoint:
-        raise SystemExit(f"error: --resume: there is no {checkpoint} in {out} to resume from.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(f"error: --out {out}: cannot create it ({error.strerror}).") from None
-    return out
-
-
-def interrupt_message(error: KeyboardInterrupt, out: Path, checkpoint: str) -> str:
-    """One line for a run stopped by Ctrl-C: what was saved in ``out`` and how to go on."""
-    resume = "Resume with the same command plus --resume"
-    if isinstance(error, Interrupted) and error.evaluating:
-        return (
-            f"Interrupted during the final evaluation; the trained machine is saved in {out}. "
-            f"{resume} to redo the evaluation."
-        )
-    if isinstance(error, Interrupted) and error.step is not None:
-        return f"Interrupted at step {error.step}; checkpoint saved in {out}. {resume}."
-    if (Path(out) / checkpoint).is_file():  # a second Ctrl-C, not waiting for a safe point
-        return f"Interrupted; the last checkpoint is in {out}. {resume}."
-    return "Interrupted before the first checkpoint; nothing to resume. Run the command again."
-
-
-@contextmanager
-def exit_on_interrupt(out: Path, checkpoint: str) -> Iterator[None]:
-    """Turn a Ctrl-C in the block into :func:`interrupt_message` on stderr and exit status
-    130 (128 + SIGINT, what shells report for Ctrl-C), without a traceback."""
-    try:
-        yield
-    except KeyboardInterrupt as error:
-        print(interrupt_message(error, out, checkpoint), file=sys.stderr)
-        raise SystemExit(130) from None

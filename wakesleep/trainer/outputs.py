@@ -1,14 +1,11 @@
-"""The trainer's output files (DESIGN.md §3), written atomically.
+"""The trainer's output files (``docs/design.md`` §3), written atomically.
 
-``--out DIR`` receives ``metrics.json``, ``samples.npy``, ``samples.png`` and
-``curve.png`` (the checkpoint is the backend's). Every file is first written to a
-temporary file in the same folder, flushed to disk and then renamed over the target
-(:func:`os.replace` is atomic on POSIX and Windows), so a crash or a full disk never
-leaves a half-written file behind: a reader sees the old file or the new one.
-
-Plots use Matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
-``FigureCanvasAgg``), imported only when a plot is drawn. No display is needed and the
-user's global Matplotlib backend (``pyplot``) is left untouched.
+``--out DIR`` receives ``metrics.json``, ``samples.npy``, ``samples.png``,
+``curve.png``, ``diagnostics.json`` and ``khat.png`` (the checkpoint is the backend's).
+Every file is first written to a temporary file in the same folder, flushed to disk and
+then renamed over the target (:func:`os.replace` is atomic on POSIX and Windows), so a
+crash or a full disk never leaves a half-written file behind: a reader sees the old file
+or the new one. The pictures are drawn by :mod:`wakesleep.trainer.plots`.
 """
 
 from __future__ import annotations
@@ -24,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import plots
 
 __all__ = [
     "METRICS_KEYS",
@@ -139,7 +138,7 @@ def write_json(path: PathLike, obj: Any) -> Path:
 
 
 def write_metrics(out_dir: PathLike, metrics: Mapping[str, Any]) -> Path:
-    """Check ``metrics`` against DESIGN.md §3 and write ``out_dir/metrics.json``.
+    """Check ``metrics`` against ``docs/design.md`` §3 and write ``out_dir/metrics.json``.
 
     Required: every key of :data:`METRICS_KEYS`, plus ``kl_bits`` when ``dataset`` is
     ``"bars"`` (and only then: a KL to the bars distribution means nothing elsewhere).
@@ -166,44 +165,6 @@ def write_metrics(out_dir: PathLike, metrics: Mapping[str, Any]) -> Path:
             f"{method!r}."
         )
     return write_json(Path(out_dir) / "metrics.json", dict(metrics))
-
-
-def _agg_figure(width: float, height: float) -> Any:
-    """A Matplotlib ``Figure`` attached to an Agg canvas (no pyplot, no display)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            "Writing samples.png and curve.png needs matplotlib: pip install matplotlib "
-            "(it comes with pip install 'wakesleep[dev]')."
-        ) from err
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_figure(figure: Any, path: Path, dpi: int = 100) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def _image_grid(images: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-    """Tile ``images`` (n, H*W) into one array with a 1-pixel border between images.
-
-    Pixels are 0/1; borders and empty cells are 0.5 (grey).
-    """
-    height, width = image_shape
-    count = len(images)
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1), 0.5)
-    for index, image in enumerate(images.reshape(count, height, width)):
-        r, c = divmod(index, columns)
-        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
-        grid[top : top + height, left : left + width] = image
-    return grid
 
 
 def save_samples(
@@ -236,14 +197,8 @@ def save_samples(
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     npy_path = atomic_write_bytes(out / "samples.npy", buffer.getvalue())
-
-    grid = _image_grid(array[:MAX_GRID_IMAGES], shape)
-    figure = _agg_figure(6.0, 6.0 * grid.shape[0] / grid.shape[1])
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-    axes.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-    axes.set_axis_off()
-    png_path = _save_figure(figure, out / "samples.png")
-    return npy_path, png_path
+    png = plots.samples_png(array[:MAX_GRID_IMAGES], (shape[0], shape[1]))
+    return npy_path, atomic_write_bytes(out / "samples.png", png)
 
 
 def save_curve(
@@ -252,10 +207,8 @@ def save_curve(
     values: Sequence[float] | np.ndarray,
     ylabel: str,
 ) -> Path:
-    """Write ``curve.png``, the training curve: ``values`` against ``steps``.
-
-    The raw values are drawn faintly with a running mean over about 1/50 of the points
-    on top, so noisy per-step losses stay readable. Non-finite values leave gaps.
+    """Write ``curve.png``, the training curve: ``values`` against ``steps``
+    (:func:`wakesleep.trainer.plots.curve_png`).
 
     :param steps: the step of each value, 1-D.
     :param values: the logged values (e.g. the loss in nats), same length as ``steps``.
@@ -269,24 +222,7 @@ def save_curve(
             f"steps and values must be non-empty 1-D sequences of the same length, got "
             f"shapes {x.shape} and {y.shape}."
         )
-    figure = _agg_figure(6.4, 4.0)
-    axes = figure.add_subplot()
-    axes.plot(x, y, color="tab:blue", alpha=0.3, linewidth=0.8, label="value")
-    window = max(1, len(y) // 50)
-    if window > 1:
-        finite = np.isfinite(y)
-        kernel = np.ones(window)
-        sums = np.convolve(np.where(finite, y, 0.0), kernel, mode="valid")
-        counts = np.convolve(finite.astype(np.float64), kernel, mode="valid")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = sums / counts
-        axes.plot(x[window - 1 :], mean, color="tab:blue", linewidth=1.5, label="running mean")
-        axes.legend()
-    axes.set_xlabel("step")
-    axes.set_ylabel(ylabel)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    return _save_figure(figure, Path(out_dir) / "curve.png")
+    return atomic_write_bytes(Path(out_dir) / "curve.png", plots.curve_png(x, y, ylabel))
 
 
 #: k̂ above this: the guide is not a trustworthy proposal for that datapoint (PSIS).
@@ -329,18 +265,7 @@ def save_diagnostics(out_dir: PathLike, pareto_k: np.ndarray, num_samples: int) 
     }
     write_json(Path(out_dir) / "diagnostics.json", summary)
 
-    figure = _agg_figure(6.4, 4.0)
-    axes = figure.add_subplot()
-    shown = np.sort(np.where(np.isfinite(k), k, np.nan))
-    axes.plot(np.arange(1, k.size + 1), shown, ".", markersize=3, color="tab:blue")
-    for level, color in ((KHAT_GOOD, "tab:orange"), (KHAT_UNRELIABLE, "tab:red")):
-        axes.axhline(level, color=color, linestyle="--", linewidth=1, label=f"k̂ = {level}")
-    axes.set_xlabel("test datapoint (sorted by k̂)")
-    axes.set_ylabel("PSIS k̂ of the guide's weights")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    _save_figure(figure, Path(out_dir) / "khat.png")
+    atomic_write_bytes(Path(out_dir) / "khat.png", plots.khat_png(k, (KHAT_GOOD, KHAT_UNRELIABLE)))
     return summary
 
 
@@ -350,13 +275,15 @@ def run_metrics(
     seconds: float,
     train_nll: float,
     test_nll: float,
-    exact: bool,
+    nll_method: str,
     kl_bits: float | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` record of a trainer run (DESIGN.md §3), the same for both backends.
+    """The ``metrics.json`` record of a trainer run (``docs/design.md`` §3), the same for both backends.
 
-    ``kl_bits`` is added for ``bars`` only (``None``, written as null, when the machine is too
-    large to enumerate).
+    :param nll_method: ``"exact"`` or ``"importance-K"``
+        (:func:`wakesleep.trainer.evaluation.nll_method`).
+    :param kl_bits: added for ``bars`` only (``None``, written as null, when the machine is
+        too large to enumerate).
     """
     metrics: dict[str, Any] = {
         "backend": backend,
@@ -374,7 +301,7 @@ def run_metrics(
         "seconds": round(seconds, 3),
         "train_nll_nats": float(train_nll),
         "test_nll_nats": float(test_nll),
-        "nll_method": "exact" if exact else "importance-5000",
+        "nll_method": nll_method,
     }
     if args.dataset == "bars":
         metrics["kl_bits"] = kl_bits

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wakesleep.datasets import bars_distribution
+from .datasets import bars_distribution
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -235,7 +235,7 @@ def bars_kl_bits(top_logits: np.ndarray, layers: Sequence[_Layer]) -> float:
         \\mathrm{KL} = \\sum_{x \\in \\text{bars}} p_\\text{bars}(x) \\,
         \\big(\\log_2 p_\\text{bars}(x) - \\log_2 p_\\text{model}(x)\\big)
 
-    over the 30 images of :func:`wakesleep.datasets.bars_distribution` (the true
+    over the 30 images of :func:`wakesleep.trainer.datasets.bars_distribution` (the true
     distribution puts no mass elsewhere), with ``p_model(x)`` from
     :func:`helmholtz_log_marginal`. Hinton et al. (1995) report 0.10 bits for their
     16-8-1 network trained by wake-sleep. The value is ``≥ 0`` and ``+inf`` when the

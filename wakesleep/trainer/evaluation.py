@@ -1,0 +1,129 @@
+"""The trained machine's report: likelihoods, samples, diagnostics (``docs/design.md`` §3).
+
+The negative log-likelihood per image is exact (enumeration, :mod:`wakesleep.trainer.exact`)
+when the hidden layers are small enough, else an importance estimate with
+:data:`IMPORTANCE_PARTICLES` guide draws per image (``nll_method`` ``"importance-5000"``),
+computed :data:`EVALUATION_BATCH` images at a time so that a Ctrl-C waits for one batch at
+most. The guide's PSIS ``k̂`` (``diagnostics.json``, ``khat.png``) uses
+:data:`DIAGNOSTIC_SAMPLES` draws on at most :data:`DIAGNOSTIC_IMAGES` test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Key, TrainerBackend
+from .datasets import BinaryDataset
+from .exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
+from .outputs import run_metrics, save_curve, save_diagnostics, save_samples, write_metrics
+from .runs import CtrlC
+
+__all__ = [
+    "DIAGNOSTIC_IMAGES",
+    "DIAGNOSTIC_SAMPLES",
+    "EVALUATION_BATCH",
+    "IMPORTANCE_CHUNK_SIZE",
+    "IMPORTANCE_PARTICLES",
+    "IMPORTANCE_TRAIN_IMAGES",
+    "evaluate",
+    "mean_nll",
+    "nll_method",
+    "train_nll_images",
+]
+
+#: Guide draws per image of an importance estimate of ``log p(x)``.
+IMPORTANCE_PARTICLES = 5_000
+#: Guide draws computed at once: bounds the memory of an estimate.
+IMPORTANCE_CHUNK_SIZE = 250
+#: Images per importance estimate; the evaluation acts on a Ctrl-C between batches.
+EVALUATION_BATCH = 100
+#: Importance estimates of the training NLL score the first this many training images:
+#: 5,000 particles per image make the estimate costly, and the training NLL is a
+#: diagnostic. Exact NLLs and the test NLL use every image.
+IMPORTANCE_TRAIN_IMAGES = 1_000
+#: The guide's k̂ diagnostics use this many draws on at most this many test images.
+DIAGNOSTIC_SAMPLES, DIAGNOSTIC_IMAGES = 1_000, 500
+
+
+def nll_method(exact: bool) -> str:
+    """``metrics.json``'s ``nll_method``: ``"exact"`` or ``"importance-<particles>"``."""
+    return "exact" if exact else f"importance-{IMPORTANCE_PARTICLES}"
+
+
+def train_nll_images(train_images, exact: bool):
+    """The training images whose NLL a trainer reports: all when ``exact``, else the first
+    :data:`IMPORTANCE_TRAIN_IMAGES` (any array that slices: NumPy, torch, JAX)."""
+    return train_images if exact else train_images[:IMPORTANCE_TRAIN_IMAGES]
+
+
+def mean_nll(
+    backend: TrainerBackend, images: np.ndarray, exact: bool, key: Key, ctrl_c: CtrlC
+) -> float:
+    """Mean negative log-likelihood per image, nats; a Ctrl-C stops it between batches."""
+    if exact:
+        return float(-helmholtz_log_marginal(images, *backend.generative_weights()).mean())
+    starts = range(0, len(images), EVALUATION_BATCH)
+    total = 0.0
+    for batch_key, start in zip(backend.split_key(key, len(starts)), starts, strict=True):
+        ctrl_c.check(evaluating=True)  # the previous batch is fetched: nothing computing
+        total += backend.log_likelihood_sum(
+            images[start : start + EVALUATION_BATCH], batch_key,
+            num_particles=IMPORTANCE_PARTICLES, chunk_size=IMPORTANCE_CHUNK_SIZE,
+        )  # fmt: skip
+    return -total / len(images)
+
+
+def write_diagnostics(backend: TrainerBackend, images: np.ndarray, out: Path, key: Key) -> None:
+    """``diagnostics.json`` and ``khat.png``: PSIS k̂ of the guide on test images."""
+    try:
+        from wakesleep.inference_data import psis_log_weights
+    except ImportError as error:  # ArviZ is an optional extra
+        print(f"diagnostics skipped: {error}")
+        return
+    log_weights = backend.log_weights(
+        images[:DIAGNOSTIC_IMAGES], key,
+        num_particles=DIAGNOSTIC_SAMPLES, chunk_size=IMPORTANCE_CHUNK_SIZE,
+    )  # fmt: skip
+    _, pareto_k = psis_log_weights(log_weights)
+    save_diagnostics(out, pareto_k, DIAGNOSTIC_SAMPLES)
+
+
+def evaluate(
+    backend: TrainerBackend,
+    args: argparse.Namespace,
+    data: BinaryDataset,
+    out: Path,
+    seconds: float,
+    curve: Sequence[float],
+    ctrl_c: CtrlC,
+) -> dict[str, Any]:
+    """Score the trained machine and write every output but the checkpoint; the metrics.
+
+    Each stage fetches its result before the next, so a Ctrl-C between stages finds the
+    device idle and stops with :class:`~wakesleep.trainer.runs.Interrupted`
+    (``evaluating=True``).
+    """
+    train_key, test_key, sample_key, diagnostics_key = backend.split_key(
+        backend.evaluation_key(), 4
+    )
+    exact = helmholtz_enumerable(args.layers)
+    bars_kl = None
+    if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
+        bars_kl = float(bars_kl_bits(*backend.generative_weights()))
+    train_nll = mean_nll(backend, train_nll_images(data.train, exact), exact, train_key, ctrl_c)
+    test_nll = mean_nll(backend, data.test, exact, test_key, ctrl_c)
+    metrics = run_metrics(
+        backend.name, args, seconds, train_nll, test_nll, nll_method(exact), bars_kl
+    )
+    ctrl_c.check(evaluating=True)
+    write_metrics(out, metrics)
+    save_samples(out, backend.sample(args.num_samples, sample_key), data.image_shape)
+    save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
+    ctrl_c.check(evaluating=True)
+    write_diagnostics(backend, data.test, out, diagnostics_key)
+    return metrics

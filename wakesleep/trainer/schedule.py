@@ -1,0 +1,78 @@
+"""The training schedule, shared by both trainers (``python -m {backend} train``).
+
+- :func:`objective`: ``--algorithm`` as one of a backend's losses.
+- :func:`learning_rate`: Adam's step size falls exponentially from ``--lr`` to
+  ``--lr × --lr-decay`` over the run.
+- :func:`selection_steps` and :func:`best_restart`: ``--restarts R`` trains ``R`` machines
+  from different random starts for the first tenth of the run and continues the one whose
+  training loss is lowest. Wake-sleep on small, symmetric problems (the bars of Hinton et al.
+  1995) often settles in a local optimum that depends on the start, and the training loss
+  tells the runs apart early (benchmarks/results/training.md). Only training data are used,
+  as with scikit-learn's ``n_init``.
+- :func:`is_checkpoint_step`: when the checkpoint is written.
+
+Ctrl-C and the checkpoint's rules are :mod:`wakesleep.trainer.runs`.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MIN_CHECKPOINT_INTERVAL",
+    "best_restart",
+    "is_checkpoint_step",
+    "learning_rate",
+    "objective",
+    "selection_steps",
+]
+
+
+def objective(algorithm: str, particles: int, losses: ModuleType) -> Any:
+    """The loss of ``--algorithm`` from a backend's ``losses`` module (same names in both).
+
+    ``rws`` is reweighted wake-sleep with the wake-phase update of the guide only
+    (``insomnia=1``, Bornschein & Bengio 2015); ``ws`` is classic wake-sleep.
+    """
+    if algorithm == "rws":
+        return losses.ReweightedWakeSleep(num_particles=particles, insomnia=1.0)
+    return losses.WakeSleep(num_particles=particles)
+
+
+#: A trainer writes its checkpoint every ``max(MIN_CHECKPOINT_INTERVAL, steps // 10)`` steps
+#: and after the last one (not during the selection of ``--restarts``).
+MIN_CHECKPOINT_INTERVAL = 100
+
+
+def learning_rate(lr: float, lr_decay: float, steps: int, step):
+    """``lr * lr_decay ** (step / steps)``: the learning rate of step ``step`` (from 0).
+
+    ``step`` may be a Python number or an array (Optax passes its step count); the same
+    schedule drives both backends.
+    """
+    return lr * lr_decay ** (step / steps)
+
+
+def is_checkpoint_step(done: int, steps: int) -> bool:
+    """Whether a trainer writes its checkpoint once ``done`` of its ``steps`` steps are done."""
+    return done % max(MIN_CHECKPOINT_INTERVAL, steps // 10) == 0 or done == steps
+
+
+def selection_steps(steps: int, restarts: int) -> int:
+    """Steps every one of ``restarts`` candidates trains before the best is kept (0: none)."""
+    return 0 if restarts <= 1 else max(1, steps // 10)
+
+
+def best_restart(curves: np.ndarray) -> int:
+    """The candidate whose mean training loss over the last fifth of its curve is lowest.
+
+    :param curves: ``(restarts, selection_steps)`` training losses per datapoint.
+    """
+    curves = np.asarray(curves, dtype=np.float64)
+    if curves.ndim != 2 or curves.shape[1] == 0:
+        raise ValueError(f"curves must have shape (restarts, steps >= 1), got {curves.shape}.")
+    last = max(1, curves.shape[1] // 5)
+    return int(np.argmin(curves[:, -last:].mean(axis=1)))
