@@ -8,7 +8,7 @@ The importance estimate of ``log p(x)`` is the IWAE bound with many particles,
 a stochastic lower bound that tightens as ``K`` grows (Burda et al. 2016). Particles
 are drawn in chunks and combined with a running log-sum-exp, so memory does not
 grow with ``K``. (Exact enumeration of small Helmholtz machines is in
-:mod:`wakesleep.exact`, fed by :meth:`~numpyro_wakesleep.helmholtz.HelmholtzMachine.generative_weights`.)
+:mod:`wakesleep.trainer.exact`, fed by :meth:`~numpyro_wakesleep.helmholtz.HelmholtzMachine.generative_weights`.)
 
 Chunks are those of :func:`numpyro_wakesleep.traces.importance_chunks`: one compiled
 call each, cached across calls (model, guide, the chunk size and every non-array

@@ -1,4 +1,4 @@
-"""Shared test set-up: a clean Pyro parameter store around every test; trainer helpers."""
+"""Shared test set-up: a clean Pyro parameter store around every test, and fixtures."""
 
 from __future__ import annotations
 
@@ -40,22 +40,3 @@ def pyro_seed_0():
     import pyro
 
     pyro.set_rng_seed(0)
-
-
-def ctrl_c_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make a trainer's run stop like a Ctrl-C just after its checkpoint at step 5.
-
-    Checkpoints fall every 5 steps (``wakesleep.trainer.schedule.MIN_CHECKPOINT_INTERVAL``);
-    the first one is written, then ``KeyboardInterrupt`` is raised. ``monkeypatch.undo()``
-    restores the trainer.
-    """
-    from wakesleep.trainer import loop, schedule
-
-    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
-    save = loop.save_checkpoint
-
-    def save_then_ctrl_c(*args):
-        save(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_ctrl_c)

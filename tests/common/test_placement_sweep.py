@@ -3,7 +3,7 @@
 The latent inside or outside the plate (scalar or event), the observation inside or
 outside it (scalar or event, or undeclared batch dimensions), the plate sub-sampled or
 not, particles vectorised or not, ``K = 1`` and ``K = 5``: with the guide that makes every
-importance weight equal (``tests/placement_cases.py``) the reported value is a closed form
+importance weight equal (``tests/helpers/placement_cases.py``) the reported value is a closed form
 at any ``K``. A backend that mixes particles (the value then grows with ``K``), scales a
 sub-sampled site in the wrong place, or weights the batch jointly where it should not,
 misses it.
@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
-from placement_cases import B, D, N, Placement, blocks, observations, placements, posterior
+from helpers.placement_cases import B, D, N, Placement, blocks, observations, placements, posterior
 
 CASES = placements()
 PARTICLES = (1, 5)

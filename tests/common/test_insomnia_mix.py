@@ -66,7 +66,7 @@ def numpyro_gradient(insomnia: float, seed: int = 0) -> tuple[dict, dict]:
     """Gradient of ``loss`` by parameter, and ``terms`` of the same key (the same draws)."""
     import jax
     import jax.numpy as jnp
-    from numpyro_linear_gaussian import guide, model
+    from helpers.numpyro_linear_gaussian import guide, model
 
     from numpyro_wakesleep import ReweightedWakeSleep
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro_linear_gaussian import guide, model
+from helpers.numpyro_linear_gaussian import guide, model
 from scipy.stats import norm
 
 from numpyro_wakesleep import ReweightedWakeSleep, WakeSleep

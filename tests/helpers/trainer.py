@@ -36,3 +36,22 @@ def interrupted(capsys: pytest.CaptureFixture, run: Callable, out: Path, *extra:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err.splitlines()[-1]
+
+
+def ctrl_c_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a trainer's run stop like a Ctrl-C just after its checkpoint at step 5.
+
+    Checkpoints fall every 5 steps (``wakesleep.trainer.schedule.MIN_CHECKPOINT_INTERVAL``);
+    the first one is written, then ``KeyboardInterrupt`` is raised. ``monkeypatch.undo()``
+    restores the trainer.
+    """
+    from wakesleep.trainer import loop, schedule
+
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    save = loop.save_checkpoint
+
+    def save_then_ctrl_c(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_ctrl_c)

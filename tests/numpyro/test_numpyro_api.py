@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from numpyro_linear_gaussian import model
+from helpers.numpyro_linear_gaussian import model
 
 from numpyro_wakesleep import (
     AlternatingSVI,
@@ -158,35 +158,19 @@ def test_unbatchable_guide_falls_back_to_sequential_dreams_with_one_warning():
 
 
 # -- validation ----------------------------------------------------------------------------
-INVALID = [
-    ({"num_particles": 0}, "num_particles"),
-    ({"num_particles": -2}, "num_particles"),
-    ({"num_particles": 2.5}, "num_particles"),
-    ({"num_particles": True}, "num_particles"),
-    ({"num_sleep_particles": 0}, "num_sleep_particles"),
-    ({"num_sleep_particles": 1.5}, "num_sleep_particles"),
-    ({"vectorize_particles": "yes"}, "vectorize_particles"),
-    ({"vectorize_particles": 1}, "vectorize_particles"),
-    ({"max_plate_nesting": -1}, "max_plate_nesting"),
-    ({"max_plate_nesting": 1.5}, "max_plate_nesting"),
-    ({"max_plate_nesting": True}, "max_plate_nesting"),
-    ({"alternate": "sometimes"}, "alternate"),
-    ({"alternate": 1.0}, "alternate"),
-    ({"dream_args": 3}, "dream_args"),
-]
-
-
 @pytest.mark.parametrize("cls", [ReweightedWakeSleep, WakeSleep])
-@pytest.mark.parametrize(("kwargs", "name"), INVALID)
+@pytest.mark.parametrize(
+    ("kwargs", "name"), [({"num_particles": 0}, "num_particles"), ({"dream_args": 3}, "dream_args")]
+)
 def test_invalid_arguments_raise_at_construction(cls, kwargs, name):
+    # every rule is tested once in tests/common/test_contract.py; this checks they are applied
     with pytest.raises(ValueError, match=name):
         cls(**kwargs)
 
 
-@pytest.mark.parametrize("insomnia", [-0.1, 1.1, "0.5", None, math.nan, True])
-def test_insomnia_outside_the_unit_interval_is_refused(insomnia):
+def test_insomnia_outside_the_unit_interval_is_refused():
     with pytest.raises(ValueError, match="insomnia"):
-        ReweightedWakeSleep(insomnia=insomnia)
+        ReweightedWakeSleep(insomnia=1.1)
 
 
 def test_valid_arguments_are_kept():

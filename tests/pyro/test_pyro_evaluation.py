@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from _helpers_evaluation import (
+from helpers.evaluation import (
     CHUNK_SIZE,
     DATA,
     NUM_PARTICLES,

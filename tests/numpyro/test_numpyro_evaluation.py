@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from _helpers_evaluation import (
+from helpers.evaluation import (
     CHUNK_SIZE,
     DATA,
     NUM_PARTICLES,

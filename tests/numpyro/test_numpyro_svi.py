@@ -11,8 +11,8 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+from helpers.numpyro_linear_gaussian import guide, model
 from numpyro.infer import SVI
-from numpyro_linear_gaussian import guide, model
 from optax.tree_utils import tree_set
 
 from numpyro_wakesleep import (

@@ -12,8 +12,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from conftest import ctrl_c_after_first_checkpoint
-from trainer_helpers import interrupted, press_ctrl_c_after_first_call
+from helpers.trainer import (
+    ctrl_c_after_first_checkpoint,
+    interrupted,
+    press_ctrl_c_after_first_call,
+)
 
 from pyro_wakesleep.helmholtz import HelmholtzMachine
 from pyro_wakesleep.train import CHECKPOINT, main
@@ -36,6 +39,7 @@ def load_checkpoint(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("algorithm", ["rws", "ws"])
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_writes_every_output(tmp_path, algorithm):
     metrics = run(tmp_path, algorithm=algorithm)
     outputs = ("metrics.json", "samples.npy", "samples.png", "curve.png", CHECKPOINT)
@@ -70,6 +74,7 @@ def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12)
         assert a[key] == b[key]
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_ends(
     tmp_path, monkeypatch, capsys
 ):
@@ -89,6 +94,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
     _same_run(tmp_path / "straight", folder, straight, resumed)
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_a_keyboard_interrupt_between_safe_points_exits_cleanly_too(tmp_path, monkeypatch, capsys):
     # a second Ctrl-C raises at once; the last checkpoint written is the one to resume
     ctrl_c_after_first_checkpoint(monkeypatch)
@@ -100,6 +106,7 @@ def test_a_keyboard_interrupt_between_safe_points_exits_cleanly_too(tmp_path, mo
     assert run(tmp_path, "--resume")["steps"] == 12
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
     tmp_path, monkeypatch, capsys
 ):
@@ -120,6 +127,7 @@ def test_ctrl_c_in_the_final_evaluation_leaves_a_run_that_resume_evaluates(
     )
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_reported_nlls_are_the_exact_mean_per_image(tmp_path):
     metrics = run(tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["nll_method"] == "exact"
@@ -133,6 +141,7 @@ def test_reported_nlls_are_the_exact_mean_per_image(tmp_path):
         assert metrics[key] == pytest.approx(-log_px.mean(), rel=1e-9, abs=0), key
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_extended_run_ends_where_a_longer_run_ends(tmp_path):
     # with a constant learning rate and one start a run can also be resumed with more --steps
     constant = ("--lr-decay", "1", "--restarts", "1")
@@ -143,6 +152,7 @@ def test_extended_run_ends_where_a_longer_run_ends(tmp_path):
     _same_run(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
     run(tmp_path)
     before = (tmp_path / CHECKPOINT).read_bytes()
@@ -151,6 +161,7 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
     assert (tmp_path / CHECKPOINT).read_bytes() == before
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_resume_needs_a_checkpoint_with_the_same_settings(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint.pt"):
         run(tmp_path, "--resume")
@@ -169,6 +180,7 @@ class RunsCode:
         return (os.mkdir, (str(self.made),))
 
 
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
 def test_a_pickled_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
     # what the release before wrote: pickled parameter-store state (constraint objects) and
     # NumPy generator state, beside an object whose unpickling runs code

@@ -27,9 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.trainer import (
+    interrupted,
+    press_ctrl_c_after_first_call,
+)
 from jax import random
 from scipy import stats
-from trainer_helpers import interrupted, press_ctrl_c_after_first_call
 
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: models with closed-form answers, trainer helpers."""
