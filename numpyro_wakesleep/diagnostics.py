@@ -127,9 +127,10 @@ def to_inference_data(
             ``svi.get_params(state)`` or ``svi_result.params`` return them. A
             ``numpyro.param`` site missing from it takes its initial value (drawn once, for
             all particles, when the initialiser is random).
-        *args, **kwargs: the programs' arguments (the data). Array arguments are passed
+        *args: the programs' positional arguments (the data). Array arguments are passed
             to the compiled particle function as arguments; other values (a data-set size,
             say) are static.
+        **kwargs: their keyword arguments, treated like ``*args``.
         num_samples: number of draws ``S`` from the guide.
         rng_key: a JAX PRNG key (or an integer seed). Required, keyword-only: NumPyro
             has no global random state, and a silent default key would give the same draws

@@ -118,8 +118,8 @@ class _WakeSleepELBO(ELBO):
     # -- public ---------------------------------------------------------------------------
     @property
     def first_phase(self) -> Phase:
-        """What an alternating schedule updates first: ``"model"`` or ``"guide"`` (``"both"``
-        when ``alternate`` is false). :class:`~numpyro_wakesleep.AlternatingSVI` reads it."""
+        """What an alternating schedule updates first — ``"model"`` or ``"guide"`` (``"both"``
+        when ``alternate`` is false). :class:`~numpyro_wakesleep.svi.AlternatingSVI` reads it."""
         return FIRST_PHASE[self.alternate]
 
     @property

@@ -105,7 +105,8 @@ def to_inference_data(
 
     Args:
         model, guide: the Pyro programs given to the objective.
-        *args, **kwargs: their arguments (the data).
+        *args: their positional arguments (the data).
+        **kwargs: their keyword arguments.
         num_samples: number of draws ``S`` from the guide.
         vectorize: draw the particles in one vectorised plate (``True``) or one guide run
             at a time.

@@ -109,13 +109,13 @@ class _WakeSleepELBO(ELBO):
     # -- public ---------------------------------------------------------------------------
     @property
     def first_phase(self) -> Phase:
-        """What an alternating schedule updates first: ``"model"`` or ``"guide"`` (``"both"``
+        """What an alternating schedule updates first — ``"model"`` or ``"guide"`` (``"both"``
         when ``alternate`` is false)."""
         return FIRST_PHASE[self.alternate]
 
     @property
     def phase(self) -> Phase:
-        """What the next :meth:`loss_and_grads` updates: ``"both"``, ``"model"`` or ``"guide"``."""
+        """What the next :meth:`loss_and_grads` updates — ``"both"``, ``"model"`` or ``"guide"``."""
         return self._next_phase
 
     @property

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) ./.venv with everything the main job and the tests need.
-# Sourced by scripts/main.sh and scripts/test.sh. Re-installs only when pyproject.toml changes.
+# Sourced by scripts/main.sh, scripts/test.sh and scripts/docs.sh. Re-installs only when pyproject.toml changes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -14,6 +14,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "$torch_spec" -e "$root[pyro,numpyro,arviz,data,dev]"
+  "$venv/bin/python" -m pip install -q "$torch_spec" -e "$root[pyro,numpyro,arviz,data,dev,docs]"
   echo "$want" > "$stamp"
 fi

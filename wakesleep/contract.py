@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 Phase = Literal["both", "model", "guide"]
-#: Every phase, the vocabulary of both backends: ``"both"`` updates model and guide,
+#: Every phase, the vocabulary of both backends — ``"both"`` updates model and guide,
 #: ``"model"`` the model only (wake-θ), ``"guide"`` the guide only.
 PHASES: tuple[Phase, ...] = get_args(Phase)
 #: The first phase of a step for each value of ``alternate``.
@@ -355,7 +355,7 @@ def route_dreams(
     )
 
 
-#: The last sentence of a routing error: how each objective trains without dreams.
+#: The last sentence of a routing error — how each objective trains without dreams.
 ROUTING_HINTS = {
     "ReweightedWakeSleep": "Or set insomnia=1 (no sleep phase).",
     "WakeSleep": "Or train with ReweightedWakeSleep(insomnia=1), whose guide needs no dreams.",
