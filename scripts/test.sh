@@ -4,5 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/venv.sh"
 cd "$root"
-"$venv/bin/ruff" check wakesleep pyro_wakesleep numpyro_wakesleep tests benchmarks examples
+"$venv/bin/ruff" check wakesleep pyro_wakesleep numpyro_wakesleep tests benchmarks examples tutorials
 "$venv/bin/python" -m pytest -q "$@"
