@@ -88,7 +88,9 @@ class _WakeSleepELBO(ELBO):
             dream_args=dream_args,
             routing_hint=ROUTING_HINTS.get(self._objective, ""),
         )
-        # False once particles or a guide could not be batched: dreams then run one at a time
+        # False once the programs mixed particles, or the guide dreams: from then on they run
+        # one at a time (the user's vectorize_particles stays as given)
+        self._vectorize_wake = vectorize_particles
         self._vectorize_dreams = vectorize_particles
         self._resolved_plate_nesting: int | None = None
         self._vectorization_checked: set[tuple] = set()
@@ -201,7 +203,7 @@ class _WakeSleepELBO(ELBO):
     def _vectorize(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
         """Particles as a plate, once :func:`vectorization_is_safe` has passed for this program
         and these argument shapes; for good (and dreams too) once it has failed."""
-        if not self.vectorize_particles:
+        if not self._vectorize_wake:
             return False
         key = _check_key(model, guide, args, kwargs)
         if key not in self._vectorization_checked:
@@ -213,7 +215,7 @@ class _WakeSleepELBO(ELBO):
                 num_particles=max(self.num_particles, self.num_sleep_particles),
                 plate_nesting=self._plate_nesting(model, guide, args, kwargs),
             ):
-                self.vectorize_particles = self._vectorize_dreams = False
+                self._vectorize_wake = self._vectorize_dreams = False
                 return False
             self._vectorization_checked.add(key)
         return True
