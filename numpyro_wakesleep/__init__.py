@@ -13,7 +13,13 @@ or alternate model-only and guide-only steps, each side with its own optimiser::
 """
 
 from .dreams import DreamRoutingError
-from .losses import NonFiniteDataError, NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
+from .losses import (
+    JointStochasticApproximation,
+    NonFiniteDataError,
+    NonFiniteLossWarning,
+    ReweightedWakeSleep,
+    WakeSleep,
+)
 from .svi import AlternatingSVI, AlternatingSVIState
 from .traces import ModelGuideMismatchError
 
@@ -21,6 +27,7 @@ __all__ = [
     "AlternatingSVI",
     "AlternatingSVIState",
     "DreamRoutingError",
+    "JointStochasticApproximation",
     "ModelGuideMismatchError",
     "NonFiniteDataError",
     "NonFiniteLossWarning",

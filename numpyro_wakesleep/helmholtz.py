@@ -24,7 +24,8 @@ them take the constrained parameter dictionary, ``svi.get_params(state)``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from numbers import Integral
 
@@ -109,22 +110,36 @@ class HelmholtzMachine:
         weight = self._param(f"{relative}.weight", (fan_out, fan_in))
         return h @ weight.T + self._param(f"{relative}.bias", (fan_out,))
 
-    def _plate(self, x: Array, num_data: int | None) -> numpyro.plate:
-        """The data plate over ``x.shape[-2]``; of size ``num_data`` (scaled by ``N/B``) when given.
+    @contextmanager
+    def _plate(self, x: Array, num_data: int | None, index: Array | None) -> Iterator[None]:
+        """The data plate over ``x.shape[-2]``; of size ``num_data`` (scaled by ``N/B``) when
+        given, with ``index`` (the rows of ``x`` in the data set) as its sub-sample indices.
 
-        With ``num_data`` the caller has already drawn the mini-batch ``x``; the plate's own
-        sub-sampling indices only set the ``num_data / batch`` scale.
+        With ``num_data`` the caller has already drawn the mini-batch ``x``; without ``index``
+        the plate's own sub-sampling indices only set the ``num_data / batch`` scale.
         """
         batch = x.shape[-2]
-        if num_data is None:
-            return numpyro.plate("data", batch, dim=-1)
-        return numpyro.plate("data", num_data, subsample_size=batch, dim=-1)
+        size = batch if num_data is None else num_data
+        if index is None:
+            with numpyro.plate("data", size, subsample_size=batch, dim=-1):
+                yield
+        else:
+            # numpyro.plate draws its indices when it is made, not when it is entered: the
+            # caller's must be substituted around its construction
+            with handlers.substitute(data={"data": jnp.asarray(index)}):
+                plate = numpyro.plate("data", size, subsample_size=batch, dim=-1)
+            with plate:
+                yield
 
-    def model(self, x: Array, num_data: int | None = None) -> None:
-        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
+    def model(
+        self, x: Array, num_data: int | None = None, index: Array | None = None
+    ) -> None:
+        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set,
+        and ``index`` (``x``'s rows in the data set) names its datapoints, which
+        :class:`~numpyro_wakesleep.JointStochasticApproximation` needs to keep their chains."""
         sizes, depth = self._sizes, len(self.hidden)
         top_logits = self._param("generative.top_logits", (sizes[-1],))
-        with self._plate(x, num_data):
+        with self._plate(x, num_data, index):
             h = numpyro.sample(f"h{depth}", _Bernoulli(top_logits).to_event(1))
             # layers.{i} maps layer i+1 to layer i (0 = visible)
             for layer in range(depth - 1, -1, -1):
@@ -136,10 +151,12 @@ class HelmholtzMachine:
                 else:
                     h = numpyro.sample(f"h{layer}", _Bernoulli(logits).to_event(1))
 
-    def guide(self, x: Array, num_data: int | None = None) -> None:
-        """``q(h | x)``, bottom-up."""
+    def guide(
+        self, x: Array, num_data: int | None = None, index: Array | None = None
+    ) -> None:
+        """``q(h | x)``, bottom-up; the arguments are those of :meth:`model`."""
         sizes = self._sizes
-        with self._plate(x, num_data):
+        with self._plate(x, num_data, index):
             h = x
             for layer in range(1, len(sizes)):
                 logits = self._linear(f"recognition.{layer - 1}", sizes[layer - 1], sizes[layer], h)

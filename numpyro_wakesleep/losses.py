@@ -41,15 +41,23 @@ from wakesleep.contract import (
 )
 
 from . import objectives
+from .chains import CHAINS, advance_chains, empty_chains
 from .dreams import DreamArgs, Dreamer
 from .traces import (
     ImportanceTraces,
     importance_traces,
     non_finite_data_of,
     non_finite_observations,
+    probe,
 )
 
-__all__ = ["NonFiniteDataError", "NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+__all__ = [
+    "JointStochasticApproximation",
+    "NonFiniteDataError",
+    "NonFiniteLossWarning",
+    "ReweightedWakeSleep",
+    "WakeSleep",
+]
 
 
 def _is_traced(tree: Any) -> bool:
@@ -202,14 +210,16 @@ class _WakeSleepELBO(ELBO):
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
-        loss, wake, _ = self._evaluate(rng_key, param_map, model, guide, args, kwargs, phase)
+        loss, wake, _, _, state = self._evaluate(
+            rng_key, param_map, model, guide, args, kwargs, phase
+        )
         mutable = {
             name: site["value"]
             for tr in (wake.model_trace, wake.guide_trace)
             for name, site in tr.items()
             if site["type"] == "mutable"
         }
-        return {"loss": loss, "mutable_state": mutable or None}
+        return {"loss": loss, "mutable_state": {**mutable, **state} or None}
 
     def terms(
         self,
@@ -227,8 +237,10 @@ class _WakeSleepELBO(ELBO):
         scaled sum over datapoints, unweighted by ``insomnia``) and ``ess``, the mean over
         datapoints of the effective sample size ``1 / Σ_k w̄_k²``.
         """
-        _, wake, terms = self._evaluate(rng_key, param_map, model, guide, args, kwargs, "both")
-        return {**jax.lax.stop_gradient(terms), "ess": _ess(wake.log_weights)}
+        _, _, terms, extra, _ = self._evaluate(
+            rng_key, param_map, model, guide, args, kwargs, "both"
+        )
+        return {**jax.lax.stop_gradient(terms), **extra}
 
     # -- the step -------------------------------------------------------------------------
     def _wake(
@@ -258,7 +270,10 @@ class _WakeSleepELBO(ELBO):
         args: tuple,
         kwargs: dict,
         phase: Phase,
-    ) -> tuple[Array, ImportanceTraces, dict[str, Array]]:
+    ) -> tuple[Array, ImportanceTraces, dict[str, Array], dict[str, Array], dict[str, Any]]:
+        """``(loss, wake, terms, statistics, state)``: the scalar to differentiate, the wake
+        traces, the terms by name (``loss`` first), statistics for logging (``ess``, ...) and
+        the state to carry (see :meth:`_terms`)."""
         wake_key, dream_key = random.split(rng_key)
         try:
             wake = self._wake(wake_key, param_map, model, guide, args, kwargs)
@@ -269,6 +284,39 @@ class _WakeSleepELBO(ELBO):
                 if problem is not None:
                     raise problem from error
             raise
+        terms, weighted, extra, state = self._terms(
+            dream_key, param_map, model, guide, args, kwargs, wake, phase
+        )
+        value = self._value(wake)
+        if "valid" in extra:  # the step cannot be right: make it non-finite, as under jit
+            value = jnp.where(extra.pop("valid"), value, jnp.nan)
+        terms = {"loss": value, **terms}
+        loss = objectives.surrogate(value, *weighted)
+        if _concretely_false(jnp.isfinite(loss)):  # eager, gradients or not: the data are concrete
+            problem = non_finite_observations(wake.model_trace)
+            if problem is not None:
+                raise problem
+        extra = {**extra, "ess": _ess(wake.log_weights)}
+        if not _is_traced((loss, terms, wake.log_weights)):
+            self._last = {**terms, **extra}
+            if not jnp.isfinite(loss):
+                warnings.warn(self._diagnose(wake, terms), NonFiniteLossWarning, stacklevel=4)
+        return loss, wake, terms, extra, state
+
+    def _terms(
+        self,
+        rng_key: Array,
+        param_map: dict,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        wake: ImportanceTraces,
+        phase: Phase,
+    ) -> tuple[dict[str, Array], list[Array], dict[str, Array], dict[str, Any]]:
+        """The step's surrogate terms by name, the list that enters the gradient (weighted),
+        extra statistics for :attr:`last_terms`, and state to carry to the next step (entries
+        of the SVI state's ``mutable_state``)."""
         terms: dict[str, Array] = {}
         weighted: list[Array] = []
         if phase != "guide":
@@ -288,7 +336,7 @@ class _WakeSleepELBO(ELBO):
                     guide,
                     args,
                     kwargs,
-                    rng_key=dream_key,
+                    rng_key=rng_key,
                     fixed=wake.fixed,
                     plate_nesting=wake.plate_nesting,
                     wake_model_trace=wake.model_trace,
@@ -297,18 +345,7 @@ class _WakeSleepELBO(ELBO):
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
                 weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
-        value = self._value(wake)
-        terms = {"loss": value, **terms}
-        loss = objectives.surrogate(value, *weighted)
-        if _concretely_false(jnp.isfinite(loss)):  # eager, gradients or not: the data are concrete
-            problem = non_finite_observations(wake.model_trace)
-            if problem is not None:
-                raise problem
-        if not _is_traced((loss, terms, wake.log_weights)):
-            self._last = {**terms, "ess": _ess(wake.log_weights)}
-            if not jnp.isfinite(loss):
-                warnings.warn(self._diagnose(wake, terms), NonFiniteLossWarning, stacklevel=4)
-        return loss, wake, terms
+        return terms, weighted, {}, {}
 
     # -- diagnosis of a non-finite evaluation (outside jit only) ----------------------------
     @staticmethod
@@ -461,3 +498,218 @@ class WakeSleep(_WakeSleepELBO):
 
     def _wake_theta_loss(self, log_p: Array, log_q: Array) -> Array:
         return objectives.ws_wake_theta_loss(log_p)
+
+
+@jax.custom_jvp
+def _chainless(value: Array) -> Array:
+    """``value``, which must not be differentiated: JSA's gradient needs the chain state."""
+    return value
+
+
+@_chainless.defjvp
+def _chainless_jvp(primals: tuple, tangents: tuple) -> tuple:
+    raise ValueError(_NO_CHAINS)
+
+
+_NO_CHAINS = (
+    "JointStochasticApproximation keeps a Markov chain per datapoint in the SVI state, and this "
+    "state has none. Create the state with loss.init_state(svi, rng_key, *args) (or pass "
+    "init_state=loss.init_state(svi, rng_key, *args) to svi.run); AlternatingSVI.init adds "
+    "the chains itself."
+)
+
+
+class JointStochasticApproximation(_WakeSleepELBO):
+    r"""Joint stochastic approximation, JSA (Xu & Ou 2016; Ou & Song 2020), as an SVI loss.
+
+    Stochastic-approximation wake-sleep: for every datapoint :math:`x_n` of the data plate
+    the loss keeps a latent sample :math:`\bar z_n`, a Markov chain whose stationary law is
+    the exact posterior :math:`p_\theta(z|x_n)`. Each step draws ``K = num_particles``
+    proposals :math:`z'_k \sim q_\phi(\cdot|x_n)` and runs a Metropolis independence sampler
+    through them from :math:`\bar z_n`, accepting :math:`z'_k` with probability
+    :math:`\min(1, w(z'_k)/w(z_{\text{current}}))`, :math:`w = p_\theta(x, z)/q_\phi(z|x)`.
+    With :math:`s_1..s_K` the chain's states after each transition:
+
+    - wake-θ: :math:`\frac1K \sum_k \nabla_\theta \log p_\theta(x_n, s_k)`, unbiased for
+      :math:`\nabla_\theta \log p_\theta(x_n)` at stationarity, at any ``K`` (RWS with
+      small ``K`` is biased);
+    - wake-φ: :math:`\frac1K \sum_k \nabla_\phi \log q_\phi(s_k|x_n)`, which moves the guide
+      towards the posterior (and so raises the acceptance rate).
+
+    No gradient flows through the sampler. The value of :meth:`loss` is the negative IWAE
+    bound of the proposals, :math:`-\sum_n \log\frac1K\sum_k w(z'_k)` (nats), comparable
+    with :class:`ReweightedWakeSleep`; :meth:`terms` adds ``acceptance_rate`` (the fraction
+    of transitions that moved) and ``chain_age`` (the mean number of steps since the batch's
+    chains last moved).
+
+    The chains are carried functionally in the SVI state (``mutable_state["wakesleep_chains"]``,
+    see :mod:`numpyro_wakesleep.chains`), so steps stay pure under ``jit``::
+
+        svi = SVI(model, guide, optax.adam(1e-3), loss=loss)
+        state = loss.init_state(svi, rng_key, x)      # svi.init plus the chains
+        result = svi.run(rng_key, 2000, x, init_state=state)
+
+    :class:`~numpyro_wakesleep.AlternatingSVI` adds the chains in its own ``init``.
+    Datapoints are identified by the data plate's sub-sample indices (``0..N−1`` without
+    sub-sampling), so each keeps its chain across mini-batches; a datapoint met for the
+    first time starts from its first proposal. Mini-batches scale the per-datapoint terms
+    by ``N/B`` as in :class:`ReweightedWakeSleep`.
+
+    Cost per step: that of :class:`ReweightedWakeSleep` with ``K`` particles and no sleep
+    phase, plus one guide and model evaluation of the chains' states.
+
+    :param num_particles: ``K``, proposals per datapoint and step (``K = 1`` is allowed).
+    :param vectorize_particles: ``jax.vmap`` the proposals rather than ``jax.lax.map``.
+    :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+
+    :raises ValueError: when the model has a global latent (no plate encloses every site, so
+        there is no per-datapoint chain) or several data plates; when the data plate's size
+        is not that of the chains; when a sub-sample index lies outside the plate (under
+        ``jit`` such a step's loss is NaN instead); when a step is differentiated without
+        chains in the SVI state.
+
+    References: H. Xu, Z. Ou (2016), *Joint stochastic approximation learning of Helmholtz
+    machines*, ICLR workshop track; Z. Ou, Y. Song (2020), *Joint stochastic approximation
+    and its application to learning discrete latent variable models*, UAI.
+    """
+
+    _objective = "JointStochasticApproximation"
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+    ) -> None:
+        super().__init__(
+            num_particles=num_particles,
+            insomnia=1.0,  # the guide follows the chain states, like wake-phi
+            num_sleep_particles=None,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=False,
+            dream_args=None,
+        )
+
+    # -- the chain state ------------------------------------------------------------------
+    def init_chains(
+        self,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict:
+        """Empty chains for every datapoint of the data plate (one run of guide and model
+        tells the plate's size and the sites' shapes)."""
+        shared = probe(
+            model, guide, args, kwargs, rng_key=rng_key, params=param_map,
+            max_plate_nesting=self.max_plate_nesting,
+        )  # fmt: skip
+        return empty_chains(shared)
+
+    def init_state(
+        self, svi: Any, rng_key: Array, *args: Any, init_params: dict | None = None, **kwargs: Any
+    ) -> Any:
+        """``svi.init(rng_key, *args, **kwargs)`` with the chains in its ``mutable_state``.
+
+        :param svi: a :class:`numpyro.infer.SVI` (or
+            :class:`~numpyro_wakesleep.AlternatingSVI`) whose loss is this object.
+        """
+        state = svi.init(rng_key, *args, init_params=init_params, **kwargs)
+        if state.mutable_state is not None and CHAINS in state.mutable_state:
+            return state
+        chains = self.init_chains(
+            rng_key, svi.get_params(state), svi.model, svi.guide, *args,
+            **kwargs, **svi.static_kwargs,
+        )  # fmt: skip
+        return state._replace(mutable_state={**(state.mutable_state or {}), CHAINS: chains})
+
+    # -- the objective --------------------------------------------------------------------
+    def loss(
+        self,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Array:
+        """The reported value, the negative IWAE bound of the proposals (nats).
+
+        With the chains in ``param_map`` (as SVI passes them) it is differentiable, with the
+        JSA update as its gradient; without them it can only be evaluated.
+        """
+        _check_instance(self)
+        loss, *_ = self._evaluate(rng_key, param_map, model, guide, args, kwargs, "both")
+        return loss if CHAINS in param_map else _chainless(loss)
+
+    def loss_for_phase(
+        self,
+        phase: Phase,
+        rng_key: Array,
+        param_map: dict[str, Array],
+        model: Callable,
+        guide: Callable,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        if CHAINS not in param_map:
+            raise ValueError(_NO_CHAINS)
+        return super().loss_for_phase(phase, rng_key, param_map, model, guide, *args, **kwargs)
+
+    loss_for_phase.__doc__ = _WakeSleepELBO.loss_for_phase.__doc__
+
+    def _wake(
+        self, rng_key: Array, param_map: dict, model: Callable, guide: Callable, args, kwargs
+    ) -> ImportanceTraces:
+        return importance_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            rng_key=rng_key,
+            params={name: v for name, v in param_map.items() if name != CHAINS},
+            num_particles=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            vectorize=self.vectorize_particles,
+            keep_draws=True,
+        )
+
+    def _bound(self, log_weights: Array) -> Array:
+        return objectives.iwae_bound(log_weights)
+
+    def _terms(
+        self,
+        rng_key: Array,
+        param_map: dict,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        wake: ImportanceTraces,
+        phase: Phase,
+    ) -> tuple[dict[str, Array], list[Array], dict[str, Array], dict[str, Any]]:
+        chains = param_map.get(CHAINS)
+        if chains is None:  # an evaluation without a state: every chain starts afresh
+            chains = empty_chains(wake)
+        step, chains = advance_chains(
+            jax.lax.stop_gradient(chains), wake, model, guide, args, kwargs,
+            rng_key=rng_key, vectorize=self.vectorize_particles,
+        )  # fmt: skip
+        terms: dict[str, Array] = {}
+        if phase != "guide":
+            terms["wake_theta"] = _scaled_sum(
+                objectives.chain_average_loss(step.log_p, step.weights), wake.data_scale
+            )
+        if phase != "model":
+            terms["wake_phi"] = _scaled_sum(
+                objectives.chain_average_loss(step.log_q, step.weights), wake.data_scale
+            )
+        extra = {
+            "acceptance_rate": step.acceptance_rate,
+            "chain_age": step.mean_age,
+            "valid": step.valid,
+        }
+        return terms, list(terms.values()), extra, {CHAINS: chains}

@@ -28,6 +28,7 @@ from numpyro.infer.svi import SVIRunResult
 
 from wakesleep.contract import Phase
 
+from .chains import CHAINS
 from .losses import NonFiniteLossWarning
 from .traces import non_finite_data_of, non_finite_observations, trace_params
 
@@ -184,6 +185,10 @@ class AlternatingSVI:
                 mutable[site["name"]] = site["value"]
         self.model_param_names = frozenset(trace_params(model_trace))
         self.guide_param_names = frozenset(trace_params(guide_trace))
+        if hasattr(self.loss, "init_chains"):  # JointStochasticApproximation's per-datapoint state
+            mutable[CHAINS] = self.loss.init_chains(
+                guide_key, self._constrain(params), self.model, self.guide, *args, **kwargs
+            )
         params, mutable = _strong((params, mutable))
         first: Phase = "guide" if getattr(self.loss, "first_phase", "model") == "guide" else "model"
         return AlternatingSVIState(

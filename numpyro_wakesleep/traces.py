@@ -28,9 +28,10 @@ dimension outside the program, so model and guide always run on one particle.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, random
+from numpyro.distributions import BernoulliLogits, BernoulliProbs
 from numpyro.distributions.util import scale_and_mask
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import CondIndepStackFrame, Messenger
@@ -58,15 +60,19 @@ __all__ = [
     "Probe",
     "VectorizationWarning",
     "check_model_guide_match",
+    "bernoulli_sites",
     "data_plates",
     "guess_plate_nesting",
     "importance_chunks",
     "importance_traces",
+    "is_bernoulli",
     "join_arguments",
     "log_density",
+    "mean_activations",
     "non_finite_data_of",
     "non_finite_observations",
     "observed_values",
+    "path_log_weights",
     "plate_sizes",
     "probe",
     "run_guide_and_model",
@@ -286,6 +292,14 @@ class ImportanceTraces:
     plate_nesting: int
     fixed: dict[str, Array]
     site_finite: dict[str, Array]
+    #: Every particle's value of each guide site, ``(K, *value shape)`` (with ``keep_draws``).
+    particle_values: dict[str, Array] = field(default_factory=dict)
+    #: With ``keep_attached``: the particles' keys, which redraw the same samples with their
+    #: gradients (:func:`path_log_weights`), and whether particles were vmapped.
+    particle_keys: Array | None = None
+    vectorized: bool = True
+    #: With ``keep_activations``: each particle's guide mean at every Bernoulli latent site.
+    particle_means: dict[str, Array] = field(default_factory=dict)
 
     @property
     def log_weights(self) -> Array:
@@ -311,13 +325,16 @@ def run_guide_and_model(
     kwargs: dict,
     fixed: dict[str, Array],
     rng_key: Array,
+    *,
+    detach: bool = True,
 ) -> tuple[Trace, Trace]:
     """The guide draws (gradient-free) samples; the model is replayed against them.
 
     ``fixed`` (parameter values, plate indices, mutable state) is substituted into both.
+    ``detach=False`` keeps the samples' gradients (the same draws: the key decides them).
     """
     guide_key, model_key = random.split(rng_key)
-    with DetachSamples():
+    with DetachSamples() if detach else contextlib.nullcontext():
         guide_trace = trace(seed(substitute(guide, data=fixed), guide_key)).get_trace(
             *args, **kwargs
         )
@@ -403,6 +420,16 @@ def probe(
     )
 
 
+class _Scored(NamedTuple):
+    """What :func:`_score_particles` returns, each with a leading particle dimension."""
+
+    log_p: Array
+    log_q: Array
+    site_finite: dict[str, Array]
+    values: dict[str, Array]
+    means: dict[str, Array]
+
+
 def _score_particles(
     model: Callable,
     guide: Callable,
@@ -416,15 +443,22 @@ def _score_particles(
     data_scale: float,
     vectorize: bool,
     draws: tuple[str, ...] = (),
-) -> tuple[Array, Array, dict[str, Array], dict[str, Array]]:
-    """``log_p``, ``log_q`` ``(len(keys), *plate dims)``, per-site finiteness and the guide's
-    values of the ``draws`` sites, one particle per key, each substituting ``fixed``."""
+    means: tuple[str, ...] = (),
+) -> _Scored:
+    """``log_p``, ``log_q`` ``(len(keys), *plate dims)``, per-site finiteness, the guide's
+    values of the ``draws`` sites and its distributions' means at the ``means`` sites, one
+    particle per key, each substituting ``fixed``."""
 
-    def particle(key: Array) -> tuple[Array, Array, dict[str, Array], dict[str, Array]]:
+    def particle(key: Array) -> _Scored:
         model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, fixed, key)
         log_p, log_q = _reduce(model_trace, guide_trace, keep_dims, plate_nesting, data_scale)
-        values = {name: guide_trace[name]["value"] for name in draws}
-        return log_p, log_q, _site_finite(model_trace, guide_trace), values
+        return _Scored(
+            log_p,
+            log_q,
+            _site_finite(model_trace, guide_trace),
+            {name: guide_trace[name]["value"] for name in draws},
+            {name: guide_trace[name]["fn"].mean for name in means},
+        )
 
     return (jax.vmap(particle) if vectorize else _sequential(particle))(keys)
 
@@ -440,6 +474,9 @@ def importance_traces(
     num_particles: int,
     max_plate_nesting: float,
     vectorize: bool,
+    keep_draws: bool = False,
+    keep_attached: bool = False,
+    keep_activations: bool = False,
 ) -> ImportanceTraces:
     """Draw ``num_particles`` guide samples and score them under model and guide.
 
@@ -447,22 +484,90 @@ def importance_traces(
     and reads the plate structure; the particles, ``jax.vmap``-ed over their keys (or
     ``jax.lax.map``-ped when ``vectorize`` is false), substitute those indices so that
     every particle sees the same mini-batch. ``max_plate_nesting`` (``inf``: guessed from
-    the probe pass) is the number of plate dimensions of the model.
+    the probe pass) is the number of plate dimensions of the model. With ``keep_draws``
+    every particle's guide values come back in :attr:`ImportanceTraces.particle_values`;
+    ``keep_attached`` keeps the particles' keys for :func:`path_log_weights`;
+    ``keep_activations`` the means of the guide's Bernoulli sites for
+    :func:`mean_activations`.
     """
     probe_key, particles_key = random.split(rng_key)
     shared = probe(
         model, guide, args, kwargs, rng_key=probe_key, params=params,
         max_plate_nesting=max_plate_nesting,
     )  # fmt: skip
-    log_p, log_q, site_finite, _ = _score_particles(
-        model, guide, args, kwargs, shared.fixed, random.split(particles_key, num_particles),
+    draws = tuple(name for name, _ in sample_sites(shared.guide_trace)) if keep_draws else ()
+    keys = random.split(particles_key, num_particles)
+    scored = _score_particles(
+        model, guide, args, kwargs, shared.fixed, keys,
         plate_nesting=shared.plate_nesting, keep_dims=shared.keep_dims,
-        data_scale=shared.data_scale, vectorize=vectorize,
+        data_scale=shared.data_scale, vectorize=vectorize, draws=draws,
+        means=tuple(bernoulli_sites(shared.guide_trace)) if keep_activations else (),
     )  # fmt: skip
     return ImportanceTraces(
-        log_p, log_q, shared.data_scale, shared.data_plates, shared.model_trace,
-        shared.guide_trace, shared.plate_nesting, shared.fixed, site_finite,
+        scored.log_p, scored.log_q, shared.data_scale, shared.data_plates, shared.model_trace,
+        shared.guide_trace, shared.plate_nesting, shared.fixed, scored.site_finite,
+        scored.values, particle_means=scored.means,
+        particle_keys=keys if keep_attached else None, vectorized=vectorize,
     )  # fmt: skip
+
+
+def is_bernoulli(fn: object) -> bool:
+    """Whether a site's distribution is a Bernoulli (possibly as an event, expanded or masked)."""
+    while fn is not None:
+        if isinstance(fn, (BernoulliLogits, BernoulliProbs)):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def bernoulli_sites(trace: Trace) -> list[str]:
+    """The names of the trace's latent sites whose distribution is a Bernoulli."""
+    return [
+        name
+        for name, site in sample_sites(trace)
+        if not site["is_observed"] and is_bernoulli(site["fn"])
+    ]
+
+
+def mean_activations(wake: ImportanceTraces, sites: Iterable[str]) -> dict[str, Array]:
+    """Per site, the guide's probability that each unit is on, averaged over the particles
+    and the datapoints (the data plates' dims): one value per unit, the other plate and the
+    event dims of the site. Needs ``importance_traces(..., keep_activations=True)``."""
+    means = {}
+    for name in sites:
+        mean = wake.particle_means[name]  # (K, *site batch, *event)
+        event_dim = wake.guide_trace[name]["fn"].event_dim
+        batch_rank = mean.ndim - 1 - event_dim
+        data_axes = [1 + batch_rank + frame.dim for frame in wake.data_plates.values()]
+        means[name] = jnp.mean(mean, axis=(0, *data_axes))
+    return means
+
+
+def path_log_weights(
+    wake: ImportanceTraces, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> Array:
+    """``log w`` of the wake particles with a gradient only along the reparameterised samples.
+
+    Each particle's key draws its samples again, now without stopping their gradients.
+    ``log w`` there has the same value as ``wake.log_weights``; its gradient is the direct
+    one (through θ and through φ in ``q``'s density) plus the path one (through the
+    samples). Subtracting the wake's ``log w``, whose samples were stopped, leaves the path
+    gradient alone — for :func:`~numpyro_wakesleep.objectives.dreg_wake_phi_loss`.
+    """
+    if wake.particle_keys is None:
+        raise ValueError("path_log_weights needs importance_traces(..., keep_attached=True).")
+    keep = frozenset(frame.dim for frame in wake.data_plates.values())
+
+    def particle(key: Array) -> Array:
+        model_trace, guide_trace = run_guide_and_model(
+            model, guide, args, kwargs, wake.fixed, key, detach=False
+        )
+        log_p, log_q = _reduce(model_trace, guide_trace, keep, wake.plate_nesting, wake.data_scale)
+        return log_p - log_q
+
+    run = jax.vmap(particle) if wake.vectorized else _sequential(particle)
+    log_weights = wake.log_weights
+    return run(wake.particle_keys) - log_weights + jax.lax.stop_gradient(log_weights)
 
 
 class ImportanceChunk(NamedTuple):
@@ -497,13 +602,13 @@ def _chunk(
 ) -> tuple[Array, dict[str, Array]]:
     """Per-datapoint log-weights and the ``draws`` sites' values of one chunk of particles."""
     args, kwargs = join_arguments(structure, arrays)
-    log_p, log_q, _, values = _score_particles(
+    scored = _score_particles(
         model, guide, args, kwargs, fixed, keys, plate_nesting=plate_nesting,
         keep_dims=keep_dims, data_scale=data_scale, vectorize=vectorize, draws=draws,
     )  # fmt: skip
-    log_weights = jax.lax.stop_gradient(log_p - log_q)  # (chunk, *plate dims)
+    log_weights = jax.lax.stop_gradient(scored.log_p - scored.log_q)  # (chunk, *plate dims)
     datapoints = [log_weights.shape[dim] for dim in sorted(keep_dims)]  # as per_datapoint
-    return log_weights.reshape((len(log_weights), *datapoints)), values
+    return log_weights.reshape((len(log_weights), *datapoints)), scored.values
 
 
 _CHUNK_STATIC = (

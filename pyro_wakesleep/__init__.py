@@ -7,11 +7,18 @@ Hand an objective to Pyro's own SVI::
 """
 
 from .dreams import DreamRoutingError
-from .losses import NonFiniteDataError, NonFiniteLossWarning, ReweightedWakeSleep, WakeSleep
+from .losses import (
+    JointStochasticApproximation,
+    NonFiniteDataError,
+    NonFiniteLossWarning,
+    ReweightedWakeSleep,
+    WakeSleep,
+)
 from .traces import ModelGuideMismatchError
 
 __all__ = [
     "DreamRoutingError",
+    "JointStochasticApproximation",
     "ModelGuideMismatchError",
     "NonFiniteDataError",
     "NonFiniteLossWarning",

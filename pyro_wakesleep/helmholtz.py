@@ -75,19 +75,27 @@ class HelmholtzMachine(nn.Module):
             for relative, start in inits.items():
                 self.get_parameter(relative).uniform_(start.low, start.high)
 
-    def _plate(self, x: Tensor, num_data: int | None) -> pyro.plate:
+    def _plate(self, x: Tensor, num_data: int | None, index: Tensor | None) -> pyro.plate:
+        """The data plate over ``x.shape[-2]``; of size ``num_data`` (scaled by ``N/B``) when
+        given, with ``index`` (the rows of ``x`` in the data set) as its sub-sample indices."""
         batch = x.shape[-2]
         if num_data is None:
-            return pyro.plate("data", batch, dim=-1)
-        return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
+            return pyro.plate("data", batch, dim=-1, subsample=index)
+        if index is None:
+            index = torch.arange(batch, device=x.device)
+        return pyro.plate("data", num_data, subsample=index, dim=-1)
 
-    def model(self, x: Tensor, num_data: int | None = None) -> None:
-        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set."""
+    def model(
+        self, x: Tensor, num_data: int | None = None, index: Tensor | None = None
+    ) -> None:
+        """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set,
+        and ``index`` (``x``'s rows in the data set) names its datapoints, which
+        :class:`~pyro_wakesleep.JointStochasticApproximation` needs to keep their chains."""
         generative = pyro.module(
             f"{self.name}_generative", self.generative, update_module_params=True
         )
         depth = len(self.hidden)
-        with self._plate(x, num_data):
+        with self._plate(x, num_data, index):
             top = dist.Bernoulli(logits=generative.top_logits).to_event(1)
             h = pyro.sample(f"h{depth}", top)
             for layer in range(depth - 1, -1, -1):
@@ -97,12 +105,14 @@ class HelmholtzMachine(nn.Module):
                 else:
                     h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=logits).to_event(1))
 
-    def guide(self, x: Tensor, num_data: int | None = None) -> None:
-        """``q(h | x)``, bottom-up."""
+    def guide(
+        self, x: Tensor, num_data: int | None = None, index: Tensor | None = None
+    ) -> None:
+        """``q(h | x)``, bottom-up; the arguments are those of :meth:`model`."""
         recognition = pyro.module(
             f"{self.name}_recognition", self.recognition, update_module_params=True
         )
-        with self._plate(x, num_data):
+        with self._plate(x, num_data, index):
             h = x
             for layer, net in enumerate(recognition, start=1):
                 q = dist.Bernoulli(logits=net(h))

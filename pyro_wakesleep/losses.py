@@ -28,6 +28,7 @@ from wakesleep.contract import (
 )
 
 from . import objectives
+from .chains import Chains, advance_chains
 from .dreams import DreamArgs, Dreamer
 from .traces import (
     ImportanceTraces,
@@ -40,7 +41,13 @@ from .traces import (
     vectorization_is_safe,
 )
 
-__all__ = ["NonFiniteDataError", "NonFiniteLossWarning", "ReweightedWakeSleep", "WakeSleep"]
+__all__ = [
+    "JointStochasticApproximation",
+    "NonFiniteDataError",
+    "NonFiniteLossWarning",
+    "ReweightedWakeSleep",
+    "WakeSleep",
+]
 
 
 class _WakeSleepELBO(ELBO):
@@ -127,6 +134,7 @@ class _WakeSleepELBO(ELBO):
         ``loss`` is the reported value; ``wake_theta``, ``wake_phi`` and ``sleep_phi`` are the
         surrogate terms that were computed (unweighted by ``insomnia``); ``ess`` is the mean
         over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``.
+        :class:`JointStochasticApproximation` adds ``acceptance_rate`` and ``chain_age``.
         Reading it synchronises with the device; the training step itself does not.
         """
         terms = {name: float(t) for name, t in self._last.items() if name != "log_weights"}
@@ -248,6 +256,30 @@ class _WakeSleepELBO(ELBO):
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict, phase: Phase
     ) -> tuple[Tensor, ImportanceTraces, dict[str, Tensor]]:
         wake = self._wake(model, guide, args, kwargs)
+        terms, weighted, extra = self._terms(model, guide, args, kwargs, wake, phase)
+        if "wake_theta" in terms and self._wake_theta_is_value:
+            value = terms["wake_theta"].detach()
+        else:
+            value = self._value(wake)
+        self._last = {
+            "loss": value.detach(),
+            **{name: t.detach() for name, t in terms.items()},
+            **extra,
+            "log_weights": wake.log_weights.detach(),
+        }
+        return objectives.surrogate(value, *weighted), wake, {"loss": value, **terms}
+
+    def _terms(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        wake: ImportanceTraces,
+        phase: Phase,
+    ) -> tuple[dict[str, Tensor], list[Tensor], dict[str, Tensor]]:
+        """The step's surrogate terms by name, the list that enters the gradient (weighted),
+        and extra statistics for :attr:`last_terms`."""
         terms: dict[str, Tensor] = {}
         weighted: list[Tensor] = []
         if phase != "guide":
@@ -277,16 +309,7 @@ class _WakeSleepELBO(ELBO):
                 )
                 terms["sleep_phi"] = objectives.sleep_phi_loss(log_q_dreams)
                 weighted.append((1.0 - self.insomnia) * terms["sleep_phi"])
-        if "wake_theta" in terms and self._wake_theta_is_value:
-            value = terms["wake_theta"].detach()
-        else:
-            value = self._value(wake)
-        self._last = {
-            "loss": value.detach(),
-            **{name: t.detach() for name, t in terms.items()},
-            "log_weights": wake.log_weights.detach(),
-        }
-        return objectives.surrogate(value, *weighted), wake, {"loss": value, **terms}
+        return terms, weighted, {}
 
     # -- diagnosis of a non-finite step (slow path only) ----------------------------------
     @staticmethod
@@ -439,3 +462,107 @@ class WakeSleep(_WakeSleepELBO):
 
     def _wake_theta_loss(self, log_p: Tensor, log_q: Tensor) -> Tensor:
         return objectives.ws_wake_theta_loss(log_p)
+
+
+class JointStochasticApproximation(_WakeSleepELBO):
+    r"""Joint stochastic approximation, JSA (Xu & Ou 2016; Ou & Song 2020), as an SVI loss.
+
+    Stochastic-approximation wake-sleep: for every datapoint :math:`x_n` of the data plate
+    the loss keeps a latent sample :math:`\bar z_n`, a Markov chain whose stationary law is
+    the exact posterior :math:`p_\theta(z|x_n)`. Each step draws ``K = num_particles``
+    proposals :math:`z'_k \sim q_\phi(\cdot|x_n)` and runs a Metropolis independence sampler
+    through them from :math:`\bar z_n`, accepting :math:`z'_k` with probability
+    :math:`\min(1, w(z'_k)/w(z_{\text{current}}))`, :math:`w = p_\theta(x, z)/q_\phi(z|x)`.
+    With :math:`s_1..s_K` the chain's states after each transition:
+
+    - wake-θ: :math:`\frac1K \sum_k \nabla_\theta \log p_\theta(x_n, s_k)`, unbiased for
+      :math:`\nabla_\theta \log p_\theta(x_n)` at stationarity, at any ``K`` (RWS with
+      small ``K`` is biased);
+    - wake-φ: :math:`\frac1K \sum_k \nabla_\phi \log q_\phi(s_k|x_n)`, which moves the guide
+      towards the posterior (and so raises the acceptance rate).
+
+    No gradient flows through the sampler. The reported value is the negative IWAE bound of
+    the proposals, :math:`-\sum_n \log\frac1K\sum_k w(z'_k)` (nats), comparable with
+    :class:`ReweightedWakeSleep`; :attr:`last_terms` adds ``acceptance_rate`` (the fraction of
+    transitions that moved) and ``chain_age`` (the mean number of steps since the batch's
+    chains last moved).
+
+    Datapoints are identified by the data plate's sub-sample indices (``0..N−1`` without
+    sub-sampling), so each keeps its chain across mini-batches; a datapoint met for the
+    first time starts from its first proposal. The chains live on this object, on the
+    device of the guide's samples; :meth:`state_dict` and :meth:`load_state_dict` save and
+    restore them with a checkpoint. Mini-batches scale the per-datapoint terms by ``N/B``
+    as in :class:`ReweightedWakeSleep`. :meth:`loss` evaluates the bound and leaves the
+    chains as they are; :meth:`loss_and_grads` and :meth:`differentiable_loss` advance them.
+
+    Cost per step: that of :class:`ReweightedWakeSleep` with ``K`` particles and no sleep
+    phase, plus one guide and model evaluation of the chains' states.
+
+    :param num_particles: ``K``, proposals per datapoint and step (``K = 1`` is allowed).
+    :param vectorize_particles: proposals as a plate rather than a loop.
+    :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+
+    :raises ValueError: at the first step, when the model has a global latent (no plate
+        encloses every site, so there is no per-datapoint chain) or several data plates;
+        when the data plate's size changes between steps; when a sub-sample index lies
+        outside the plate (checked while Pyro's validation is enabled).
+
+    References: H. Xu, Z. Ou (2016), *Joint stochastic approximation learning of Helmholtz
+    machines*, ICLR workshop track; Z. Ou, Y. Song (2020), *Joint stochastic approximation
+    and its application to learning discrete latent variable models*, UAI.
+    """
+
+    _objective = "JointStochasticApproximation"
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        vectorize_particles: bool = True,
+        max_plate_nesting: float = float("inf"),
+    ) -> None:
+        super().__init__(
+            num_particles=num_particles,
+            insomnia=1.0,  # the guide follows the chain states, like wake-phi
+            num_sleep_particles=None,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+            alternate=False,
+            dream_args=None,
+        )
+        self.chains = Chains()
+
+    def state_dict(self) -> dict:
+        """The chains (per-datapoint latent states, whether each datapoint was seen, and the
+        chains' ages), for a checkpoint; ``{}`` before the first step."""
+        return self.chains.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (tensors stay on the device they are on)."""
+        self.chains.load_state_dict(state)
+
+    def _bound(self, log_weights: Tensor) -> Tensor:
+        return objectives.iwae_bound(log_weights)
+
+    def _terms(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        wake: ImportanceTraces,
+        phase: Phase,
+    ) -> tuple[dict[str, Tensor], list[Tensor], dict[str, Tensor]]:
+        step = advance_chains(
+            self.chains, wake, model, guide, args, kwargs, validate=is_validation_enabled()
+        )
+        terms: dict[str, Tensor] = {}
+        if phase != "guide":
+            terms["wake_theta"] = _scaled_sum(
+                objectives.chain_average_loss(step.log_p, step.weights), wake.data_scale
+            )
+        if phase != "model":
+            terms["wake_phi"] = _scaled_sum(
+                objectives.chain_average_loss(step.log_q, step.weights), wake.data_scale
+            )
+        extra = {"acceptance_rate": step.acceptance_rate, "chain_age": step.mean_age}
+        return terms, list(terms.values()), extra

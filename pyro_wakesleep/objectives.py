@@ -21,6 +21,14 @@ References:
 - T. A. Le, A. R. Kosiorek, N. Siddharth, Y. W. Teh, F. Wood (2019),
   *Revisiting reweighted wake-sleep for models with stochastic control
   flow*, UAI (arXiv:1805.10469).
+- H. Xu, Z. Ou (2016), *Joint stochastic approximation learning of Helmholtz
+  machines*, ICLR workshop; Z. Ou, Y. Song (2020), *Joint stochastic
+  approximation and its application to learning discrete latent variable
+  models*, UAI.
+- G. Tucker, D. Lawson, S. Gu, C. J. Maddison (2019), *Doubly reparameterized
+  gradient estimators for Monte Carlo objectives*, ICLR (arXiv:1810.04152).
+- H. Lee, C. Ekanadham, A. Y. Ng (2008), *Sparse deep belief net model for visual
+  area V2*, NeurIPS.
 """
 
 from __future__ import annotations
@@ -31,12 +39,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "chain_average_loss",
+    "chain_weights",
+    "dreg_wake_phi_loss",
     "effective_sample_size",
+    "independence_chain",
     "elbo_estimate",
     "iwae_bound",
     "normalized_weights",
     "rws_wake_theta_loss",
     "sleep_phi_loss",
+    "sparsity_penalty",
     "surrogate",
     "wake_phi_loss",
     "ws_wake_theta_loss",
@@ -109,6 +122,39 @@ def sleep_phi_loss(log_q_dreams: Tensor) -> Tensor:
     return -log_q_dreams.mean(dim=0)
 
 
+def dreg_wake_phi_loss(log_weights: Tensor, path_log_weights: Tensor) -> Tensor:
+    r"""Doubly-reparameterised wake-φ surrogate, RWS-DReG (Tucker et al. 2019, §3).
+
+    .. math:: -\sum_k \mathrm{sg}\big(\bar w_k - \bar w_k^2\big)\,\log \tilde w_k,
+              \qquad \nabla_\phi = -\sum_k (\bar w_k - \bar w_k^2)
+              \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi}
+
+    ``path_log_weights`` is :math:`\log w_k` with a gradient only along the reparameterised
+    samples :math:`z_k = g_\phi(\epsilon_k)` (none through θ or through φ in
+    :math:`q_\phi`'s density). Its φ-gradient has the expectation of :func:`wake_phi_loss`'s,
+    with a lower variance for continuous latents.
+    """
+    weights = normalized_weights(log_weights.detach())
+    return -((weights - weights**2) * path_log_weights).sum(dim=0)
+
+
+def sparsity_penalty(mean_activation: Tensor, target: float) -> Tensor:
+    r"""Sparsity penalty (Lee, Ekanadham & Ng 2008): :math:`\sum_j \mathrm{KL}(\mathrm{Bern}(\rho)
+    \,\|\,\mathrm{Bern}(\hat\rho_j))`.
+
+    .. math:: \sum_j \rho \log\frac{\rho}{\hat\rho_j}
+              + (1-\rho) \log\frac{1-\rho}{1-\hat\rho_j}
+
+    ``mean_activation`` holds :math:`\hat\rho_j`, the guide's mean probability that unit
+    ``j`` is on over a batch; ``target`` is :math:`\rho \in (0, 1)`.
+    """
+    rho = mean_activation
+    return (
+        target * (math.log(target) - torch.log(rho))
+        + (1.0 - target) * (math.log1p(-target) - torch.log1p(-rho))
+    ).sum()
+
+
 def surrogate(value: Tensor, *terms: Tensor) -> Tensor:
     r"""A tensor whose value is ``value`` and whose gradient is :math:`\sum_i \nabla t_i`.
 
@@ -120,3 +166,59 @@ def surrogate(value: Tensor, *terms: Tensor) -> Tensor:
     for term in terms:
         total = total + (term - term.detach())
     return total
+
+
+def independence_chain(
+    log_weight_state: Tensor, log_weight_proposals: Tensor, log_uniforms: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""Metropolis independence sampler through ``K`` proposals (Xu & Ou 2016, Ou & Song 2020).
+
+    The chain starts at its state :math:`\bar z` (candidate 0) and visits the proposals
+    :math:`z'_1, \dots, z'_K \sim q_\phi(\cdot|x)` (candidates ``1..K``) in order,
+    accepting :math:`z'_k` with probability :math:`\min(1, w(z'_k) / w(z_{\text{current}}))`,
+    i.e. when :math:`\log u_k < \log w_k - \log w_{\text{current}}`. Its stationary law is
+    the exact posterior :math:`p_\theta(z|x)`, whatever the guide (where the guide covers it).
+
+    :param log_weight_state: ``log w`` of the chain's state, shape ``batch``.
+    :param log_weight_proposals: ``log w`` of the proposals, ``(K, *batch)``.
+    :param log_uniforms: ``log u_k``, ``u_k ~ Uniform(0, 1)``, ``(K, *batch)``.
+    :return: ``(states, accepted)``, both ``(K, *batch)``: the candidate the chain holds
+        after each transition (an index into ``[z̄, z'_1, ..., z'_K]``) and whether that
+        transition moved.
+    """
+    current = torch.zeros_like(log_weight_state, dtype=torch.long)
+    current_log_weight = log_weight_state
+    states, accepted = [], []
+    for k, log_weight in enumerate(log_weight_proposals):
+        # NaN (two impossible candidates) compares false: the chain stays
+        accept = log_uniforms[k] < log_weight - current_log_weight
+        current = torch.where(accept, k + 1, current)
+        current_log_weight = torch.where(accept, log_weight, current_log_weight)
+        states.append(current)
+        accepted.append(accept)
+    return torch.stack(states), torch.stack(accepted)
+
+
+def chain_weights(states: Tensor) -> Tensor:
+    r"""How often the chain held each candidate: ``(K + 1, *batch)``, each column summing to 1.
+
+    :math:`c_j = \frac1K \#\{k : s_k = j\}` for the states :math:`s_1..s_K` of
+    :func:`independence_chain`; candidate 0 is the chain's state before the step.
+    """
+    num_candidates = states.shape[0] + 1
+    one_hot = torch.nn.functional.one_hot(states, num_candidates).to(torch.get_default_dtype())
+    return one_hot.mean(0).movedim(-1, 0)
+
+
+def chain_average_loss(log_density: Tensor, weights: Tensor) -> Tensor:
+    r"""Joint stochastic approximation surrogate (Ou & Song 2020): the chain-state average.
+
+    .. math:: -\sum_j \mathrm{sg}(c_j) \log f(z_j) = -\frac1K \sum_{k=1}^K \log f(s_k)
+
+    with :math:`f = p_\theta(x, \cdot)` for the model (wake-θ) and
+    :math:`f = q_\phi(\cdot|x)` for the guide (wake-φ), ``weights`` from
+    :func:`chain_weights`. At stationarity the chain states are draws from
+    :math:`p_\theta(z|x)`, so the θ-gradient is unbiased for :math:`\nabla_\theta \log p_\theta(x)`
+    (Fisher's identity) and the φ-gradient for :math:`-\nabla_\phi \mathrm{KL}(p_\theta(z|x)\,\|\,q_\phi(z|x))`.
+    """
+    return -(weights.detach().to(log_density.dtype) * log_density).sum(dim=0)

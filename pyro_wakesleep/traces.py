@@ -20,6 +20,7 @@ datapoint, ``log p(x, z)`` and ``log q(z | x)``. This module produces them:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -52,11 +53,14 @@ __all__ = [
     "ModelGuideMismatchError",
     "VectorizationWarning",
     "check_model_guide_match",
+    "bernoulli_sites",
     "data_plates",
     "guess_plate_nesting",
     "importance_chunks",
     "importance_traces",
+    "is_bernoulli",
     "log_density",
+    "mean_activations",
     "mini_batch",
     "non_finite_data_of",
     "non_finite_observations",
@@ -64,6 +68,7 @@ __all__ = [
     "one_particle",
     "particle_mismatches",
     "particle_plate",
+    "path_log_weights",
     "plate_sizes",
     "resolve_plate_nesting",
     "run_guide_and_model",
@@ -91,8 +96,15 @@ class DetachSamples(Messenger):
     trace records the detached value (post-processing runs outermost first).
     """
 
+    def __init__(self, attached: dict[str, Tensor] | None = None) -> None:
+        super().__init__()
+        #: When given, receives each sampled value as drawn (still attached to its graph).
+        self.attached = attached
+
     def _pyro_post_sample(self, msg: Message) -> None:
         if not msg["is_observed"] and isinstance(msg["value"], Tensor):
+            if self.attached is not None:
+                self.attached[msg["name"]] = msg["value"]
             msg["value"] = msg["value"].detach()
 
 
@@ -297,6 +309,12 @@ class ImportanceTraces:
     model_trace: Trace
     guide_trace: Trace
     plate_nesting: int
+    #: Every particle's guide trace when particles ran one at a time; empty when vectorised
+    #: (``guide_trace`` then holds them all along the particle dimension).
+    particle_guide_traces: tuple[Trace, ...] = ()
+    #: With ``keep_attached``: the guide's samples as drawn (with their gradients), one dict
+    #: per run of the guide (one when vectorised).
+    attached_values: tuple[dict[str, Tensor], ...] = ()
 
     @cached_property
     def log_weights(self) -> Tensor:
@@ -315,18 +333,42 @@ class ImportanceTraces:
         log_weights = self.log_weights
         return log_weights.reshape((len(log_weights), *self.per_datapoint(log_weights[0]).shape))
 
+    @cached_property
+    def particle_values(self) -> dict[str, Tensor]:
+        """Every guide site's value in every particle, ``(K, *plate dims, *event)``, with all
+        ``plate_nesting`` plate dimensions present (of size 1 where the site is not in the plate)."""
+        if not self.particle_guide_traces:  # vectorised: the particle dim is already there
+            return {name: site["value"] for name, site in sample_sites(self.guide_trace)}
+        values: dict[str, list[Tensor]] = {}
+        for trace in self.particle_guide_traces:
+            for name, site in sample_sites(trace):
+                value = site["value"]
+                batch_rank = value.dim() - site["fn"].event_dim
+                padding = (1,) * (self.plate_nesting - batch_rank)
+                values.setdefault(name, []).append(value.reshape(padding + value.shape))
+        return {name: torch.stack(stacked) for name, stacked in values.items()}
+
 
 def run_guide_and_model(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, mini_batch: Trace | None = None
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    mini_batch: Trace | None = None,
+    *,
+    detach: bool = True,
+    attached: dict[str, Tensor] | None = None,
 ) -> tuple[Trace, Trace]:
     """Guide draws (gradient-free) samples; the model is replayed against them.
 
-    ``mini_batch``, a trace of sub-sampling sites, fixes the plates' mini-batch indices.
+    ``mini_batch``, a trace of sub-sampling sites (and possibly of guide values), fixes the
+    plates' mini-batch indices. ``detach=False`` keeps the samples' gradients (a replay of
+    attached values); ``attached`` receives the guide's samples before they are detached.
     """
     if mini_batch is not None:
         guide = poutine.replay(guide, trace=mini_batch)
         model = poutine.replay(model, trace=mini_batch)
-    with DetachSamples():
+    with DetachSamples(attached) if detach else contextlib.nullcontext():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -365,6 +407,7 @@ def importance_traces(
     num_particles: int,
     max_plate_nesting: float,
     vectorize: bool,
+    keep_attached: bool = False,
 ) -> ImportanceTraces:
     """Draw ``num_particles`` guide samples and score them under model and guide.
 
@@ -372,13 +415,24 @@ def importance_traces(
     guide runs ``num_particles`` times, every run replaying the first run's plate
     sub-sampling so that all particles see the same mini-batch. ``max_plate_nesting``
     (``inf``: guessed by :func:`resolve_plate_nesting`) is the number of plate dimensions
-    of the model.
+    of the model. ``keep_attached`` keeps the guide's samples as drawn, with their
+    gradients, for :func:`path_log_weights`.
     """
+    attached: list[dict[str, Tensor]] = []
+
+    def keep() -> dict[str, Tensor] | None:
+        if not keep_attached:
+            return None
+        attached.append({})
+        return attached[-1]
+
     plate_nesting = resolve_plate_nesting(max_plate_nesting, model, guide, args, kwargs)
     if vectorize:
         plate = particle_plate(PARTICLE_PLATE, num_particles, plate_nesting)
         try:
-            model_trace, guide_trace = run_guide_and_model(plate(model), plate(guide), args, kwargs)
+            model_trace, guide_trace = run_guide_and_model(
+                plate(model), plate(guide), args, kwargs, attached=keep()
+            )
         except ValueError as error:
             if f"plate('{PARTICLE_PLATE}')" not in str(error):
                 raise
@@ -390,10 +444,10 @@ def importance_traces(
             ) from error
         runs = [(model_trace, guide_trace)]
     else:
-        model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs)
+        model_trace, guide_trace = run_guide_and_model(model, guide, args, kwargs, attached=keep())
         same_batch = mini_batch(guide_trace, model_trace)
         runs = [(model_trace, guide_trace)] + [
-            run_guide_and_model(model, guide, args, kwargs, mini_batch=same_batch)
+            run_guide_and_model(model, guide, args, kwargs, same_batch, attached=keep())
             for _ in range(num_particles - 1)
         ]
     check_model_guide_match(model_trace, guide_trace)
@@ -412,8 +466,90 @@ def importance_traces(
         log_p = torch.stack([p for p, _ in pairs])
         log_q = torch.stack([q for _, q in pairs])
     return ImportanceTraces(
-        log_p, log_q, data_scale, plates, model_trace, guide_trace, plate_nesting
-    )
+        log_p, log_q, data_scale, plates, model_trace, guide_trace, plate_nesting,
+        particle_guide_traces=() if vectorize else tuple(guide for _, guide in runs),
+        attached_values=tuple(attached),
+    )  # fmt: skip
+
+
+def path_log_weights(
+    wake: ImportanceTraces, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> Tensor:
+    """``log w`` of the wake particles with a gradient only along the reparameterised samples.
+
+    The guide's samples as drawn (``keep_attached``) are replayed through guide and model
+    without detaching. ``log w`` there has the same value as ``wake.log_weights``; its
+    gradient is the direct one (through θ and through φ in ``q``'s density) plus the path
+    one (through the samples). Subtracting the wake's ``log w``, whose samples were
+    detached, leaves the path gradient alone — for
+    :func:`~pyro_wakesleep.objectives.dreg_wake_phi_loss`.
+    """
+    if not wake.attached_values:
+        raise ValueError("path_log_weights needs importance_traces(..., keep_attached=True).")
+    keep = frozenset(frame.dim for frame in wake.data_plates.values())
+    batch = mini_batch(wake.guide_trace, wake.model_trace)
+    pairs = []
+    for values in wake.attached_values:
+        replayed = Trace()
+        for name, site in batch.nodes.items():
+            replayed.add_node(name, **site)
+        for name, site in sample_sites(wake.guide_trace):
+            replayed.add_node(name, **{**site, "value": values[name]})
+        if wake.particle_guide_traces:  # one particle per run
+            runs, ndim, dims = (model, guide), wake.plate_nesting, keep
+        else:
+            plate = particle_plate(PARTICLE_PLATE, len(wake.log_p), wake.plate_nesting)
+            runs = (plate(model), plate(guide))
+            ndim, dims = wake.plate_nesting + 1, keep | {-(wake.plate_nesting + 1)}
+        model_trace, guide_trace = run_guide_and_model(*runs, args, kwargs, replayed, detach=False)
+        pairs.append(_reduce(model_trace, guide_trace, dims, ndim, wake.data_scale))
+    if wake.particle_guide_traces:
+        log_p = torch.stack([p for p, _ in pairs])
+        log_q = torch.stack([q for _, q in pairs])
+    else:
+        log_p, log_q = pairs[0]
+    log_weights = wake.log_weights
+    return (log_p - log_q) - log_weights + log_weights.detach()
+
+
+def is_bernoulli(fn: object) -> bool:
+    """Whether a site's distribution is a Bernoulli (possibly as an event, expanded or masked)."""
+    while fn is not None:
+        if isinstance(fn, torch.distributions.Bernoulli):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def bernoulli_sites(trace: Trace) -> list[str]:
+    """The names of the trace's latent sites whose distribution is a Bernoulli."""
+    return [
+        name
+        for name, site in sample_sites(trace)
+        if not site["is_observed"] and is_bernoulli(site["fn"])
+    ]
+
+
+def mean_activations(wake: ImportanceTraces, sites: Iterable[str]) -> dict[str, Tensor]:
+    """Per site, the guide's probability that each unit is on, averaged over the particles
+    and the datapoints (the data plates' dims): one value per unit, the other plate and the
+    event dims of the site."""
+    guide_traces = wake.particle_guide_traces or (wake.guide_trace,)
+    ndim = wake.plate_nesting
+    vectorised = 0 if wake.particle_guide_traces else 1  # the particle dim is a batch dim
+    means = {}
+    for name in sites:
+        stacked = []
+        for trace in guide_traces:
+            fn = trace.nodes[name]["fn"]
+            mean = fn.mean
+            rank = mean.dim() - fn.event_dim
+            mean = mean.reshape((1,) * (ndim + vectorised - rank) + mean.shape)
+            stacked.append(mean if vectorised else mean.unsqueeze(0))
+        mean = torch.cat(stacked)  # (K, *plate dims, *event)
+        data_axes = [1 + ndim + frame.dim for frame in wake.data_plates.values()]
+        means[name] = mean.mean(dim=[0, *data_axes])
+    return means
 
 
 def one_particle(trace: Trace, index: int, plate_nesting: int) -> Trace:

@@ -28,11 +28,17 @@ __all__ = [
     "Phase",
     "ROUTING_HINTS",
     "RowAccess",
+    "Sparsity",
     "SubSample",
     "VectorizationWarning",
     "check_draw_arguments",
     "check_objective_arguments",
     "check_site_match",
+    "check_wake_phi",
+    "not_reparameterisable_error",
+    "chain_plate_error",
+    "chain_size_error",
+    "chain_index_error",
     "not_an_instance",
     "non_finite_data_error",
     "non_finite_loss_message",
@@ -131,6 +137,104 @@ def non_finite_data_error(
         f"Observed site '{site}' holds {' and '.join(kinds)} {where}. Wake-sleep needs finite "
         "observations: remove or impute those values, or hide missing ones with "
         f"{mask_statement}(mask=...) (False where missing). No parameter was changed."
+    )
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    r"""A sparsity constraint on the guide's binary units (sparse wake-sleep; ``docs/design.md §7``).
+
+    For every Bernoulli latent site of the guide (or the ``sites`` named), :math:`\hat\rho_j`
+    is the guide's probability that unit ``j`` is on, averaged over the datapoints of the
+    batch (and over the particles' draws of the layers below). The guide loss gains
+
+    .. math:: \lambda \sum_j \mathrm{KL}\big(\mathrm{Bernoulli}(\rho)\,\|\,
+              \mathrm{Bernoulli}(\hat\rho_j)\big)
+
+    per datapoint (so ``N`` times this on a data set of ``N``, like the other guide terms),
+    with :math:`\rho` = ``target`` and :math:`\lambda` = ``weight``, as in sparse sigmoid
+    and deep belief nets (Lee, Ekanadham & Ng 2008). The generative model then learns from
+    sparse codes.
+
+    :param target: the desired mean activation, in ``(0, 1)``.
+    :param weight: :math:`\lambda \ge 0` (0 switches the penalty off but still reports
+        the mean activation).
+    :param sites: names of Bernoulli latent sites of the guide; ``None``: all of them.
+    """
+
+    target: float = 0.05
+    weight: float = 1.0
+    sites: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.target, bool)
+            or not isinstance(self.target, numbers.Real)
+            or not 0.0 < self.target < 1.0
+        ):
+            raise ValueError(
+                f"Sparsity target must be a mean activation strictly between 0 and 1, got "
+                f"{self.target!r}."
+            )
+        if (
+            isinstance(self.weight, bool)
+            or not isinstance(self.weight, numbers.Real)
+            or not math.isfinite(self.weight)
+            or self.weight < 0
+        ):
+            raise ValueError(f"Sparsity weight must be a finite number >= 0, got {self.weight!r}.")
+        if self.sites is not None:
+            sites = (self.sites,) if isinstance(self.sites, str) else tuple(self.sites)
+            if not sites or not all(isinstance(name, str) for name in sites):
+                raise ValueError(
+                    f"Sparsity sites must be None (every Bernoulli latent of the guide) or "
+                    f"site names, got {self.sites!r}."
+                )
+            object.__setattr__(self, "sites", sites)
+
+    def chosen_sites(self, bernoulli: list[str], latent: list[str]) -> list[str]:
+        """The sites the penalty covers, given the guide's Bernoulli latent sites and all its
+        latent sites; an error naming any requested site that is not a Bernoulli latent."""
+        if self.sites is None:
+            if not bernoulli:
+                raise ValueError(
+                    "Sparsity constrains Bernoulli latent sites of the guide, and this guide "
+                    f"has none (its latent sites: {latent}). Remove sparsity=, or give the "
+                    "guide binary units (dist.Bernoulli)."
+                )
+            return bernoulli
+        wrong = [name for name in self.sites if name not in bernoulli]
+        if wrong:
+            kinds = [
+                f"'{name}' ({'not Bernoulli' if name in latent else 'not a guide site'})"
+                for name in wrong
+            ]
+            raise ValueError(
+                f"Sparsity sites must be Bernoulli latent sites of the guide: {', '.join(kinds)}. "
+                f"The guide's Bernoulli latents are {bernoulli}."
+            )
+        return list(self.sites)
+
+
+#: How wake-φ is estimated: the score function, or doubly reparameterised (Tucker et al. 2019).
+WAKE_PHI_ESTIMATORS = ("score", "dreg")
+
+
+def check_wake_phi(wake_phi: object) -> None:
+    """Raise ``ValueError`` unless ``wake_phi`` is ``"score"`` or ``"dreg"``."""
+    if wake_phi not in WAKE_PHI_ESTIMATORS:
+        raise ValueError(
+            f"wake_phi must be 'score' (the self-normalised score estimator) or 'dreg' (doubly "
+            f"reparameterised, for reparameterisable guides), got {wake_phi!r}."
+        )
+
+
+def not_reparameterisable_error(sites: list[str]) -> ValueError:
+    """The guide sites that ``wake_phi="dreg"`` cannot differentiate through."""
+    return ValueError(
+        f"wake_phi='dreg' differentiates through the guide's samples, but guide site(s) "
+        f"{sites} cannot be reparameterised (their distributions have no rsample: discrete "
+        "or otherwise). Use wake_phi='score' (the default) for this guide."
     )
 
 
@@ -372,3 +476,42 @@ _ROUTING_OPTIONS = (
 
 def _argument_name(key: int | str) -> str:
     return f"#{key} (positional)" if isinstance(key, int) else f"'{key}'"
+
+
+# -- joint stochastic approximation: a chain per datapoint --------------------------------
+def chain_plate_error(data_plates: list[str]) -> ValueError:
+    """Why a model has no chain per datapoint: no plate encloses every site, or several do."""
+    if not data_plates:
+        return ValueError(
+            "JointStochasticApproximation keeps one Markov chain per datapoint, keyed by the "
+            "data plate (the plate that encloses every sample site of model and guide), and "
+            "this model has none: a latent outside every plate (a global latent) is shared "
+            "by all datapoints, so it has no per-datapoint chain. Put every latent inside "
+            "the data plate, or train this model with ReweightedWakeSleep."
+        )
+    return ValueError(
+        f"JointStochasticApproximation keys its chains by one data plate, but the plates "
+        f"{sorted(data_plates)} each enclose every sample site. Merge them into one plate "
+        "over datapoints (reshape the data), or train with ReweightedWakeSleep."
+    )
+
+
+def chain_size_error(plate: str, cached: int, now: int, restart: str) -> ValueError:
+    """The data plate's size differs from that of the chains kept so far; ``restart`` says
+    how the backend starts chains afresh."""
+    return ValueError(
+        f"The data plate '{plate}' has size {now}, but JointStochasticApproximation keeps "
+        f"chains for {cached} datapoints from earlier steps. The chains are keyed by the "
+        "plate's indices, so its size must stay that of the whole data set: pass the full "
+        "size and sub-sample with subsample_size (or subsample=indices). To train on other "
+        f"data, {restart}."
+    )
+
+
+def chain_index_error(plate: str, size: int, bad: list[int]) -> ValueError:
+    """Sub-sample indices outside ``0..size-1``."""
+    return ValueError(
+        f"The data plate '{plate}' of size {size} was sub-sampled with indices {bad[:5]} "
+        f"outside 0..{size - 1}; each datapoint's chain is keyed by its index. Pass indices "
+        "into the whole data set, with the plate's size that of the data set."
+    )

@@ -20,6 +20,7 @@ pytest.importorskip("arviz")  # the diagnostics modules import it
 
 #: Modules both backends have, by the same name and role.
 SHARED_MODULES = [
+    "chains",
     "traces",
     "dreams",
     "losses",
@@ -45,6 +46,11 @@ _PROBE = (
     "plate structure; Pyro needs the plate nesting before its particle plate runs"
 )
 
+_CHAIN_STATE = (
+    "Pyro keeps JSA's chains on the loss object (Chains, state_dict); NumPyro carries them "
+    "functionally in the SVI state's mutable_state (CHAINS, empty_chains)"
+)
+
 #: ``(module, name)`` exported by one backend only, and why.
 ONLY_IN_PYRO = {
     ("traces", "particle_plate"): _PLATE_OF_PARTICLES,
@@ -57,6 +63,7 @@ ONLY_IN_PYRO = {
     "state and builds no gradient graph",
     ("traces", "mini_batch"): "Pyro replays a trace of sub-sampling sites; NumPyro "
     "substitutes the indices (subsample_indices)",
+    ("chains", "Chains"): _CHAIN_STATE,
 }
 ONLY_IN_NUMPYRO = {
     ("traces", "probe"): _PROBE,
@@ -67,6 +74,8 @@ ONLY_IN_NUMPYRO = {
     "importance_chunks yields ImportanceTraces",
     ("traces", "split_arguments"): "jit: array arguments traced, the others static",
     ("traces", "join_arguments"): "jit: array arguments traced, the others static",
+    ("chains", "CHAINS"): _CHAIN_STATE,
+    ("chains", "empty_chains"): _CHAIN_STATE,
 }
 
 #: Parameters NumPyro adds everywhere: it has no global parameter store and no global
@@ -81,6 +90,12 @@ SIGNATURE_DIFFERENCES = {
     "fixed values",
     ("traces", "importance_chunks"): "keep_draws: a jitted chunk returns the guide's draws "
     "only when asked (device memory); Pyro's chunks are traces holding them",
+    ("traces", "importance_traces"): "keep_draws: vmapped particles return the guide's draws "
+    "only when asked; Pyro's traces hold them",
+    ("chains", "ChainStep"): "under jit an out-of-range index cannot raise: NumPyro's step "
+    "says whether it is valid",
+    ("chains", "advance_chains"): "Pyro checks indices on request (a host sync) and draws "
+    "from torch's global generator; NumPyro takes a key and vmaps or maps the replay",
 }
 
 
