@@ -1,9 +1,10 @@
-"""Per-step time of reweighted wake-sleep on a sigmoid belief net: NumPyro (ours), hand-written JAX, Pyro.
+"""Per-step time of reweighted wake-sleep on a sigmoid belief net: NumPyro (ours), hand-written JAX, Pyro; and JSA.
 
 What is measured: the wall-clock time, and the CPU time of the process, of one training step
 -- draw the particles, compute the loss, differentiate, apply an Adam update and return the
 reported value as a Python float -- of three implementations of reweighted wake-sleep
-(wake-θ + wake-φ, ``insomnia = 1``, no sleep phase):
+(wake-θ + wake-φ, ``insomnia = 1``, no sleep phase), and of our NumPyro joint stochastic
+approximation on the same network and ``K``:
 
 - ``ours``: :class:`numpyro_wakesleep.ReweightedWakeSleep` under ``numpyro.infer.SVI.update``,
   jit-compiled (``jax.jit`` of the update, the mini-batch an argument), ``optax.adam``;
@@ -13,13 +14,19 @@ reported value as a Python float -- of three implementations of reweighted wake-
   ``N/B`` mini-batch scale applied after the ``logsumexp``; the same parameter layout
   (``torch.nn.Linear``: ``h @ W.T + b``);
 - ``pyro``: our Pyro backend, :class:`pyro_wakesleep.ReweightedWakeSleep` under
-  ``pyro.infer.SVI.step`` (``pyro.optim.Adam``, one torch thread), on the same work.
+  ``pyro.infer.SVI.step`` (``pyro.optim.Adam``, one torch thread), on the same work;
+- ``jsa``: :class:`numpyro_wakesleep.JointStochasticApproximation` (``num_particles = K``)
+  under jitted ``numpyro.infer.SVI.update``, its state from ``loss.init_state`` (the
+  per-image chains carried in ``mutable_state``), the model and guide given the mini-batch's
+  row indices (``index=``, a jit argument). Its step is an RWS step's ``K`` proposals plus one
+  guide and model evaluation of the chains' states and a ``K``-step sequential independence
+  sampler; the tables report it against ``ours`` (JSA/RWS).
 
 The model is a one-hidden-layer sigmoid belief net (``h ~ Bernoulli(sigmoid(b))``,
 ``x | h ~ Bernoulli(sigmoid(W h + c))``, guide ``h | x ~ Bernoulli(sigmoid(V x + d))``:
 ``numpyro_wakesleep.helmholtz.HelmholtzMachine`` and its Pyro twin) on scikit-learn's digits
 binarised at ``> 7`` (1797 images, 64 pixels), ``K = 10`` particles, mini-batches of 100 (plate
-sub-sampling with ``num_data = 1797``), Adam with learning rate 1e-3. All three start from the
+sub-sampling with ``num_data = 1797``), Adam with learning rate 1e-3. All four start from the
 same parameters and see the same mini-batches.
 
 One thread at a time. ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
@@ -134,7 +141,7 @@ NUM_VISIBLE = 64
 NUM_PARTICLES = 10
 BATCH_SIZE = 100
 LEARNING_RATE = 1e-3
-METHODS = ("ours", "hand", "pyro")
+METHODS = ("ours", "hand", "pyro", "jsa")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,18 +249,25 @@ def _pyro_machine(params: HandParams, num_hidden: int) -> PyroHelmholtzMachine:
 
 @dataclass
 class Setup:
-    """The three steps of one hidden size, from the same initial parameters."""
+    """The four steps of one hidden size, from the same initial parameters.
+
+    Each step takes the mini-batch and its row indices in the data set (only ``jsa`` uses
+    them) and returns the reported value.
+    """
 
     machine: HelmholtzMachine
     loss: numpyro_wakesleep.ReweightedWakeSleep
     initial: dict[str, Array]
-    ours: Callable[[Array], float]
-    hand: Callable[[Array], float]
-    pyro: Callable[[torch.Tensor], float]
+    ours: Callable[[Array, Array], float]
+    hand: Callable[[Array, Array], float]
+    pyro: Callable[[torch.Tensor, torch.Tensor], float]
+    jsa: Callable[[Array, Array], float]
+    #: JSA's acceptance rate and mean chain age on its current state (read after timing)
+    jsa_stats: Callable[[Array, Array], dict[str, float]]
 
 
 def make_setup(num_hidden: int, num_data: int, first_batch: Array, seed: int) -> Setup:
-    """Initialise the numpyro machine, copy its parameters into the other two, compile."""
+    """Initialise the numpyro machine, copy its parameters into the others, compile."""
     name = f"ours{num_hidden}"
     machine = HelmholtzMachine(NUM_VISIBLE, hidden=(num_hidden,), name=name)
     loss = numpyro_wakesleep.ReweightedWakeSleep(num_particles=NUM_PARTICLES, insomnia=1.0)
@@ -277,24 +291,50 @@ def make_setup(num_hidden: int, num_data: int, first_batch: Array, seed: int) ->
         loss=pyro_wakesleep.ReweightedWakeSleep(num_particles=NUM_PARTICLES, insomnia=1.0),
     )
 
-    # compile both jitted steps now (on throw-away states) so that no timed call compiles
+    # JSA on the same machine (same parameter names, its own SVI state), same start
+    jsa_loss = numpyro_wakesleep.JointStochasticApproximation(num_particles=NUM_PARTICLES)
+    jsa_svi = numpyro.infer.SVI(
+        machine.model, machine.guide, optax.adam(LEARNING_RATE), loss=jsa_loss
+    )
+    first_index = jnp.arange(first_batch.shape[0])
+    jsa_state = jsa_loss.init_state(
+        jsa_svi, random.PRNGKey(seed), first_batch, num_data, index=first_index,
+        init_params=initial,
+    )  # fmt: skip
+    jsa_update = jax.jit(lambda state, x, index: jsa_svi.update(state, x, num_data, index=index))
+
+    # compile the jitted steps now (on throw-away states) so that no timed call compiles
     jax.block_until_ready(ours_update(svi_state, first_batch))
     jax.block_until_ready(hand_update(hand_state, first_batch))
+    jax.block_until_ready(jsa_update(jsa_state, first_batch, first_index))
 
-    def ours(x: Array) -> float:
+    def ours(x: Array, index: Array) -> float:
         nonlocal svi_state
         svi_state, value = jax.block_until_ready(ours_update(svi_state, x))
         return float(value)
 
-    def hand(x: Array) -> float:
+    def hand(x: Array, index: Array) -> float:
         nonlocal hand_state
         hand_state, value = jax.block_until_ready(hand_update(hand_state, x))
         return float(value)
 
-    def pyro_step(x: torch.Tensor) -> float:
+    def pyro_step(x: torch.Tensor, index: torch.Tensor) -> float:
         return pyro_svi.step(x, num_data)
 
-    return Setup(machine, loss, initial, ours, hand, pyro_step)
+    def jsa(x: Array, index: Array) -> float:
+        nonlocal jsa_state
+        jsa_state, value = jax.block_until_ready(jsa_update(jsa_state, x, index))
+        return float(value)
+
+    def jsa_stats(x: Array, index: Array) -> dict[str, float]:
+        params = {**jsa_svi.get_params(jsa_state), **jsa_state.mutable_state}
+        terms = jsa_loss.terms(
+            random.PRNGKey(seed + 4), params, machine.model, machine.guide, x, num_data,
+            index=index,
+        )  # fmt: skip
+        return {name: float(terms[name]) for name in ("acceptance_rate", "chain_age")}
+
+    return Setup(machine, loss, initial, ours, hand, pyro_step, jsa, jsa_stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,8 +424,8 @@ class Method:
     """A named training step and what was recorded while timing it."""
 
     name: str
-    step: Callable[[Any], float]
-    backend: str  # "jax" or "torch": which form of the batch the step takes
+    step: Callable[[Any, Any], float]  # (mini-batch, its row indices) -> value
+    backend: str  # "jax" or "torch": which form of the batch and indices the step takes
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
@@ -416,17 +456,18 @@ def time_interleaved(
     """
     generator = np.random.default_rng(seed)
     for round_ in range(warmup + repeats):
-        batch = images[generator.integers(0, images.shape[0], BATCH_SIZE)]
+        index = generator.integers(0, images.shape[0], BATCH_SIZE)
+        batch = images[index]
         inputs = {
-            "jax": jax.block_until_ready(jnp.asarray(batch)),
-            "torch": torch.from_numpy(batch),
+            "jax": jax.block_until_ready((jnp.asarray(batch), jnp.asarray(index, jnp.int32))),
+            "torch": (torch.from_numpy(batch), torch.from_numpy(index)),
         }
         shift = round_ % len(methods)
         for method in methods[shift:] + methods[:shift]:
-            x = inputs[method.backend]
+            x, rows = inputs[method.backend]
             before = _thread_cpu_clocks() if round_ < warmup else {}
             start, start_cpu = time.perf_counter(), time.process_time()
-            value = method.step(x)
+            value = method.step(x, rows)
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if round_ >= warmup:
                 method.seconds.append(elapsed)
@@ -441,7 +482,8 @@ def time_interleaved(
 def _row(num_hidden: int, ms: dict[str, float]) -> str:
     return (
         f"| {num_hidden} | {ms['ours']:.3f} | {ms['hand']:.3f} | {ms['ours'] / ms['hand']:.2f} "
-        f"| {ms['pyro']:.3f} | {ms['ours'] / ms['pyro']:.2f} |"
+        f"| {ms['pyro']:.3f} | {ms['ours'] / ms['pyro']:.2f} "
+        f"| {ms['jsa']:.3f} | {ms['jsa'] / ms['ours']:.2f} |"
     )
 
 
@@ -478,6 +520,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows, cpu_rows, spread, values, checks, threads, warnings = [], [], [], [], [], [], []
+    jsa_stats = []
     for num_hidden in sizes:
         setup = make_setup(num_hidden, num_data, first_batch, args.seed)
         shifted = dict(setup.initial)  # prior logits off zero, where NumPyro's gradient is right
@@ -502,19 +545,27 @@ def main() -> None:
             "ours": Method("ours", setup.ours, "jax"),
             "hand": Method("hand", setup.hand, "jax"),
             "pyro": Method("pyro", setup.pyro, "torch"),
+            "jsa": Method("jsa", setup.jsa, "jax"),
         }
         time_interleaved(list(methods.values()), images, args.repeats, args.warmup, args.seed)
         median = {n: 1e3 * statistics.median(m.seconds) for n, m in methods.items()}
         cpu = {n: 1e3 * statistics.median(m.cpu_seconds) for n, m in methods.items()}
         rows.append(_row(num_hidden, median))
         cpu_rows.append(_row(num_hidden, cpu))
-        ours, hand, pyro_ = (methods[n] for n in ("ours", "hand", "pyro"))
+        ours, hand, pyro_, jsa = (methods[n] for n in ("ours", "hand", "pyro", "jsa"))
         spread.append(
             f"| {num_hidden} | {quartile_cells(methods, METHODS)} "
             f"| {paired_ratio(ours.seconds, hand.seconds):.2f} "
             f"| {paired_ratio(ours.cpu_seconds, hand.cpu_seconds):.2f} "
             f"| {paired_ratio(ours.seconds, pyro_.seconds):.2f} "
-            f"| {paired_ratio(ours.cpu_seconds, pyro_.cpu_seconds):.2f} |"
+            f"| {paired_ratio(ours.cpu_seconds, pyro_.cpu_seconds):.2f} "
+            f"| {paired_ratio(jsa.seconds, ours.seconds):.2f} "
+            f"| {paired_ratio(jsa.cpu_seconds, ours.cpu_seconds):.2f} |"
+        )
+        stats = setup.jsa_stats(first_batch, jnp.arange(BATCH_SIZE))
+        jsa_stats.append(
+            f"hidden {num_hidden}: acceptance rate {stats['acceptance_rate']:.2f}, mean chain "
+            f"age {stats['chain_age']:.1f} steps"
         )
         values.append(loss_row(num_hidden, methods, METHODS, num_data, args.repeats))
         caller = threading.get_native_id()
@@ -532,8 +583,8 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/bench_numpyro_sbn.py", *sys.argv[1:]])
     header = [
         "| hidden | ours ms/step | hand-written ms/step | ours/hand | pyro backend ms/step "
-        "| numpyro/pyro |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| numpyro/pyro | JSA ms/step | JSA/ours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     xla_threads = (
         "XLA's CPU client created while the process was pinned to one CPU (one worker "
@@ -542,7 +593,7 @@ def main() -> None:
         else "XLA's CPU client as is (`--xla-threads default`), asynchronous dispatch"
     )
     lines = [
-        f"## Reweighted wake-sleep step, NumPyro: sigmoid belief net 64-H on digits, "
+        f"## Reweighted wake-sleep and JSA steps, NumPyro: sigmoid belief net 64-H on digits, "
         f"K={NUM_PARTICLES}, batch {BATCH_SIZE}, 1 thread",
         "",
         f"`{command}`",
@@ -557,7 +608,11 @@ def main() -> None:
         "under jitted `numpyro.infer.SVI.update`; `hand-written` = plain-JAX RWS step "
         "(`jax.grad`, `optax.adam`, `jax.jit`); `pyro backend` = "
         "`pyro_wakesleep.ReweightedWakeSleep` under `pyro.infer.SVI.step`; numpyro/pyro = "
-        "ours/pyro backend. Goal: ours/hand <= 1.2.",
+        "ours/pyro backend; `JSA` = `numpyro_wakesleep.JointStochasticApproximation("
+        f"num_particles={NUM_PARTICLES})` under jitted `numpyro.infer.SVI.update` on the same "
+        "network, batches and K (chains in the SVI state's `mutable_state`, model and guide "
+        "given the batch's row indices); JSA/ours = its time over that of our RWS step. "
+        "Goal: ours/hand <= 1.2.",
         "",
         "CPU time per step (`time.process_time`: all of the process's threads, the caller "
         "and XLA's one worker, which take turns; medians): the steadier number on a shared "
@@ -570,9 +625,10 @@ def main() -> None:
         "per-round ratios (each round times every method on the same batch, so these are "
         "robust to drifts in machine load):",
         "",
-        "| hidden | ours | hand-written | pyro backend | paired ours/hand (wall) "
-        "| paired ours/hand (CPU) | paired numpyro/pyro (wall) | paired numpyro/pyro (CPU) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| hidden | ours | hand-written | pyro backend | JSA | paired ours/hand (wall) "
+        "| paired ours/hand (CPU) | paired numpyro/pyro (wall) | paired numpyro/pyro (CPU) "
+        "| paired JSA/ours (wall) | paired JSA/ours (CPU) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *spread,
         "",
         "Same maths, ours and the hand-written terms on the same samples (ours' key chain "
@@ -589,12 +645,15 @@ def main() -> None:
         *checks,
         "",
         "Reported value (negative IWAE bound, nats/image) averaged over the last 10% of the "
-        "timed steps; all three started from the same parameters and saw the same batches "
-        "(each draws its own samples):",
+        "timed steps; all four started from the same parameters and saw the same batches "
+        "(each draws its own samples; JSA's value is the bound of its K proposals):",
         "",
-        "| hidden | ours | hand-written | pyro backend |",
-        "|---:|---:|---:|---:|",
+        "| hidden | ours | hand-written | pyro backend | JSA |",
+        "|---:|---:|---:|---:|---:|",
         *values,
+        "",
+        "JSA after the timed steps, on the first batch (indices 0..99) at its final state "
+        "(`loss.terms`, chains not advanced): " + "; ".join(jsa_stats) + ".",
         "",
         "Threads that did each method's work during its warm-up steps, with their shares of "
         "its CPU time (per-thread CPU clocks; `caller` is the thread that runs the loop, "

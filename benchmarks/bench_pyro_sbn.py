@@ -1,8 +1,9 @@
-"""Per-step time of reweighted wake-sleep on a sigmoid belief net: ours, Pyro's, hand-written.
+"""Per-step time of reweighted wake-sleep on a sigmoid belief net: ours, Pyro's, hand-written; and JSA.
 
 What is measured: the wall-clock time of one training step -- compute the loss, back-propagate,
 apply an Adam update and return the reported value as a float -- of three implementations of
-reweighted wake-sleep (wake-θ + wake-φ, ``insomnia = 1``, no sleep phase):
+reweighted wake-sleep (wake-θ + wake-φ, ``insomnia = 1``, no sleep phase), and of our joint
+stochastic approximation on the same network and ``K``:
 
 - ``ours``: :class:`pyro_wakesleep.ReweightedWakeSleep` under ``pyro.infer.SVI.step``;
 - ``pyro``: :class:`pyro.infer.ReweightedWakeSleep` under ``pyro.infer.SVI.step``. It weights
@@ -10,15 +11,20 @@ reweighted wake-sleep (wake-θ + wake-φ, ``insomnia = 1``, no sleep phase):
   much noisier estimator; it is here only as a speed reference;
 - ``hand``: a hand-written PyTorch step (``nn.Linear`` modules, ``torch.optim.Adam``): per-datapoint
   log-weights of shape ``(K, B)``, ``logsumexp`` over ``K`` for wake-θ, detached self-normalised
-  weights for wake-φ, the ``N/B`` mini-batch scale applied after the ``logsumexp``.
+  weights for wake-φ, the ``N/B`` mini-batch scale applied after the ``logsumexp``;
+- ``jsa``: :class:`pyro_wakesleep.JointStochasticApproximation` (``num_particles = K``) under
+  ``pyro.infer.SVI.step``, the model and guide given the mini-batch's row indices
+  (``index=``) so that each image keeps its chain. Its step is an RWS step's ``K`` proposals
+  plus one guide and model evaluation of the chains' states and a ``K``-step sequential
+  independence sampler; the table reports it against ``ours`` (JSA/RWS).
 
 The model is a one-hidden-layer sigmoid belief net (``pyro_wakesleep.helmholtz.HelmholtzMachine``:
 ``h ~ Bernoulli(sigmoid(b))``, ``x | h ~ Bernoulli(sigmoid(W h + c))``, guide
 ``h | x ~ Bernoulli(sigmoid(V x + d))``) on scikit-learn's digits binarised at ``> 7``
 (1797 images, 64 pixels), ``K = 10`` particles, mini-batches of 100 (plate sub-sampling with
-``num_data = 1797``), Adam with learning rate 1e-3, one CPU thread. All three start from the same
+``num_data = 1797``), Adam with learning rate 1e-3, one CPU thread. All four start from the same
 parameters and see the same mini-batches. Pyro's default validation of distribution arguments
-and samples is on (``--validation off`` turns it off for the two Pyro-based steps; the
+and samples is on (``--validation off`` turns it off for the Pyro-based steps; the
 hand-written step never validates).
 
 The methods are interleaved in one process: every round draws a batch and runs one step of each
@@ -27,7 +33,7 @@ discarded and the table reports medians over ``--repeats`` rounds, their ratios,
 of the per-round (paired) ratios, which is robust to drifts in machine load. Before timing, the
 script checks on a shared random seed that ``ours`` and ``hand`` give the same value and the
 same gradients (so they do the same work), and it reports each method's value over the last
-timed steps (the three train from the same start on the same batches).
+timed steps (all train from the same start on the same batches).
 
 Command (it wrote ``benchmarks/results/pyro_sbn.md``)::
 
@@ -68,7 +74,7 @@ from pyro_wakesleep.helmholtz import HelmholtzMachine
 NUM_PARTICLES = 10
 BATCH_SIZE = 100
 LEARNING_RATE = 1e-3
-METHODS = ("ours", "pyro", "hand")
+METHODS = ("ours", "pyro", "hand", "jsa")
 
 
 class HandWrittenRWS(nn.Module):
@@ -139,19 +145,26 @@ class Method:
     """A named training step and the values it reported while being timed."""
 
     name: str
-    step: Callable[[Tensor], float]
+    step: Callable[[Tensor, Tensor], float]  # (mini-batch, its row indices) -> value
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    #: the loss object's ``last_terms`` (read after timing, not during)
+    last_terms: Callable[[], dict[str, float]] | None = None
 
 
 def _machines(num_hidden: int, seed: int) -> tuple[HelmholtzMachine, HelmholtzMachine]:
     """Two Helmholtz machines with the same initial parameters, under distinct Pyro names."""
     torch.manual_seed(seed)
     ours = HelmholtzMachine(64, hidden=(num_hidden,), name=f"ours{num_hidden}")
-    pyros = copy.deepcopy(ours)
-    pyros.name = f"pyro{num_hidden}"
-    return ours, pyros
+    return ours, _twin(ours, f"pyro{num_hidden}")
+
+
+def _twin(machine: HelmholtzMachine, name: str) -> HelmholtzMachine:
+    """A copy of ``machine`` (same parameters) under another Pyro name."""
+    twin = copy.deepcopy(machine)
+    twin.name = name
+    return twin
 
 
 def check_same_maths(num_hidden: int, images: Tensor, seed: int) -> dict[str, float]:
@@ -216,9 +229,10 @@ def check_same_maths(num_hidden: int, images: Tensor, seed: int) -> dict[str, fl
 
 
 def make_methods(num_hidden: int, num_data: int, seed: int) -> list[Method]:
-    """The three steps, from the same initial parameters."""
+    """The four steps, from the same initial parameters."""
     pyro.clear_param_store()
     ours_machine, pyro_machine = _machines(num_hidden, seed)
+    jsa_machine = _twin(ours_machine, f"jsa{num_hidden}")
     hand = HandWrittenRWS(64, num_hidden, NUM_PARTICLES, LEARNING_RATE).copy_from(ours_machine)
     ours_svi = pyro.infer.SVI(
         ours_machine.model,
@@ -232,11 +246,21 @@ def make_methods(num_hidden: int, num_data: int, seed: int) -> list[Method]:
         pyro.optim.Adam({"lr": LEARNING_RATE}),
         loss=pyro.infer.ReweightedWakeSleep(num_particles=NUM_PARTICLES, insomnia=1.0),
     )
+    jsa_loss = pyro_wakesleep.JointStochasticApproximation(num_particles=NUM_PARTICLES)
+    jsa_svi = pyro.infer.SVI(
+        jsa_machine.model, jsa_machine.guide, pyro.optim.Adam({"lr": LEARNING_RATE}), loss=jsa_loss
+    )
     return [
-        Method("ours", lambda x: ours_svi.step(x, num_data)),
+        Method("ours", lambda x, index: ours_svi.step(x, num_data)),
         # Pyro's SVI.step returns (wake-θ loss, φ loss); the first is its reported bound.
-        Method("pyro", lambda x: pyro_svi.step(x, num_data)[0]),
-        Method("hand", lambda x: hand.step(x, num_data)),
+        Method("pyro", lambda x, index: pyro_svi.step(x, num_data)[0]),
+        Method("hand", lambda x, index: hand.step(x, num_data)),
+        # JSA keys its chains by the data plate's sub-sample indices: the batch's rows
+        Method(
+            "jsa",
+            lambda x, index: jsa_svi.step(x, num_data, index=index),
+            last_terms=lambda: jsa_loss.last_terms,
+        ),
     ]
 
 
@@ -250,16 +274,25 @@ def time_interleaved(
     """
     generator = torch.Generator().manual_seed(seed)
     for round_ in range(warmup + repeats):
-        batch = images[torch.randint(images.shape[0], (BATCH_SIZE,), generator=generator)]
+        index = torch.randint(images.shape[0], (BATCH_SIZE,), generator=generator)
+        batch = images[index]
         shift = round_ % len(methods)
         for method in methods[shift:] + methods[:shift]:
             start, start_cpu = time.perf_counter(), time.thread_time()
-            value = method.step(batch)
+            value = method.step(batch, index)
             elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
             if round_ >= warmup:
                 method.seconds.append(elapsed)
                 method.cpu_seconds.append(elapsed_cpu)
                 method.values.append(value)
+
+
+def _row(num_hidden: int, ms: dict[str, float]) -> str:
+    return (
+        f"| {num_hidden} | {ms['ours']:.3f} | {ms['pyro']:.3f} | {ms['hand']:.3f} "
+        f"| {ms['ours'] / ms['pyro']:.2f} | {ms['ours'] / ms['hand']:.2f} "
+        f"| {ms['jsa']:.3f} | {ms['jsa'] / ms['ours']:.2f} |"
+    )
 
 
 def main() -> None:
@@ -281,6 +314,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows, cpu_rows, spread, values, checks, warnings = [], [], [], [], [], []
+    jsa_stats = []
     for num_hidden in sizes:
         check = check_same_maths(num_hidden, images, args.seed)
         checks.append(
@@ -297,22 +331,23 @@ def main() -> None:
         methods = {m.name: m for m in make_methods(num_hidden, num_data, args.seed)}
         time_interleaved(list(methods.values()), images, args.repeats, args.warmup, args.seed)
         median = {name: 1e3 * statistics.median(m.seconds) for name, m in methods.items()}
-        rows.append(
-            f"| {num_hidden} | {median['ours']:.3f} | {median['pyro']:.3f} | {median['hand']:.3f} "
-            f"| {median['ours'] / median['pyro']:.2f} | {median['ours'] / median['hand']:.2f} |"
-        )
+        rows.append(_row(num_hidden, median))
         cpu = {name: 1e3 * statistics.median(m.cpu_seconds) for name, m in methods.items()}
-        cpu_rows.append(
-            f"| {num_hidden} | {cpu['ours']:.3f} | {cpu['pyro']:.3f} | {cpu['hand']:.3f} "
-            f"| {cpu['ours'] / cpu['pyro']:.2f} | {cpu['ours'] / cpu['hand']:.2f} |"
-        )
+        cpu_rows.append(_row(num_hidden, cpu))
         ours = methods["ours"].seconds
         spread.append(
             f"| {num_hidden} | {quartile_cells(methods, METHODS)} "
             f"| {paired_ratio(ours, methods['pyro'].seconds):.2f} "
-            f"| {paired_ratio(ours, methods['hand'].seconds):.2f} |"
+            f"| {paired_ratio(ours, methods['hand'].seconds):.2f} "
+            f"| {paired_ratio(methods['jsa'].seconds, ours):.2f} "
+            f"| {paired_ratio(methods['jsa'].cpu_seconds, methods['ours'].cpu_seconds):.2f} |"
         )
         values.append(loss_row(num_hidden, methods, METHODS, num_data, args.repeats))
+        terms = methods["jsa"].last_terms()
+        jsa_stats.append(
+            f"hidden {num_hidden}: acceptance rate {terms['acceptance_rate']:.2f}, mean chain "
+            f"age {terms['chain_age']:.1f} steps"
+        )
         for clock, times in (("wall-clock", median), ("CPU-time", cpu)):
             if times["ours"] > times["pyro"]:
                 warnings.append(
@@ -327,14 +362,14 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/bench_pyro_sbn.py", *sys.argv[1:]])
     lines = [
-        f"## Reweighted wake-sleep step, sigmoid belief net 64-H on digits, K={NUM_PARTICLES}, "
-        f"batch {BATCH_SIZE}, 1 thread",
+        f"## Reweighted wake-sleep and JSA steps, sigmoid belief net 64-H on digits, "
+        f"K={NUM_PARTICLES}, batch {BATCH_SIZE}, 1 thread",
         "",
         f"`{command}`",
         "",
         "| hidden size | ours ms/step | pyro RWS ms/step | hand-written ms/step "
-        "| ours/pyro | ours/hand |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| ours/pyro | ours/hand | JSA ms/step | JSA/ours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Medians over {args.repeats} interleaved rounds after {args.warmup} warm-up rounds. "
@@ -342,23 +377,27 @@ def main() -> None:
         "`pyro.infer.ReweightedWakeSleep`, which weights the whole batch jointly (one weight per "
         "particle for all 100 images: a different, much noisier estimator); it is a speed "
         "reference only. `ours` and `hand-written` weight per datapoint and compute the same "
-        "value and gradients (checked below). Goals: ours/pyro <= 1 at both sizes, ours/hand "
-        "<= 1.5 at hidden 200.",
+        "value and gradients (checked below). `JSA` is "
+        f"`pyro_wakesleep.JointStochasticApproximation(num_particles={NUM_PARTICLES})` on the "
+        "same network, batches and K (model and guide given the batch's row indices, which "
+        "key the per-image chains); JSA/ours is its time over that of our RWS step. Goals: "
+        "ours/pyro <= 1 at both sizes, ours/hand <= 1.5 at hidden 200.",
         "",
         "CPU time of this thread per step (`time.thread_time`, medians): the same steps without "
         "the time spent waiting for a core, the steadier number on a shared machine:",
         "",
         "| hidden size | ours ms/step | pyro RWS ms/step | hand-written ms/step "
-        "| ours/pyro | ours/hand |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| ours/pyro | ours/hand | JSA ms/step | JSA/ours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *cpu_rows,
         "",
         "Spread (first to third quartile, ms) and the median of the per-round ratios (each "
         "round times every method on the same batch, so this ratio is robust to drifts in "
         "machine load):",
         "",
-        "| hidden size | ours | pyro RWS | hand-written | paired ours/pyro | paired ours/hand |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| hidden size | ours | pyro RWS | hand-written | JSA | paired ours/pyro "
+        "| paired ours/hand | paired JSA/ours | paired JSA/ours (CPU) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *spread,
         "",
         "Same maths, on one shared seed at the initial parameters: relative difference of ours "
@@ -370,11 +409,14 @@ def main() -> None:
         *checks,
         "",
         "Reported value (negative bound, nats/image) averaged over the last 10% of the timed "
-        "steps; all three started from the same parameters and saw the same batches:",
+        "steps; all four started from the same parameters and saw the same batches (JSA "
+        "reports the negative IWAE bound of its K proposals, comparable with RWS):",
         "",
-        "| hidden size | ours | pyro RWS | hand-written |",
-        "|---:|---:|---:|---:|",
+        "| hidden size | ours | pyro RWS | hand-written | JSA |",
+        "|---:|---:|---:|---:|---:|",
         *values,
+        "",
+        "JSA at the last timed step (`last_terms`): " + "; ".join(jsa_stats) + ".",
         "",
         *(f"**{warning}**\n" for warning in warnings),
         f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, Python "
