@@ -12,8 +12,17 @@ draws the mini-batch indices and runs :meth:`numpyro.infer.SVI.update`; losses s
 device until the trainer takes them, so the host does not wait for the device at every
 step. ``--restarts`` candidates train as one batched (vmapped) computation.
 
-The checkpoint (``checkpoint.npz``) holds NumPy arrays only: parameters, optimiser state
-and keys, with the trainer's meta as a JSON string; it is read with
+``--algorithm jsa`` keeps one Markov chain per training image in the SVI state's
+``mutable_state`` (:class:`~numpyro_wakesleep.JointStochasticApproximation`, whose
+``init_state`` adds them to :meth:`numpyro.infer.SVI.init`'s state): each step draws the
+mini-batch's rows without replacement and passes them as ``index=`` to model and guide
+(:func:`wakesleep.trainer.schedule.keeps_chains`). The vmapped ``--restarts`` candidates
+each carry their own chains, along the candidates' axis like every other leaf.
+
+The checkpoint (``checkpoint.npz``) holds NumPy arrays only: parameters, optimiser state,
+keys and the mutable state (the chains of ``jsa``, by name:
+``mutable/wakesleep_chains/values/h1``, ``.../seen``, ``.../age``), with the trainer's meta
+as a JSON string; it is read with
 ``np.load(..., allow_pickle=False)``, which runs no code from the file. A ``checkpoint.pkl``
 of an earlier release is refused with a line that says how to go on.
 """
@@ -84,13 +93,24 @@ def _optimiser(args: argparse.Namespace) -> optax.GradientTransformation:
     return optax.adam(partial(schedule.learning_rate, args.lr, args.lr_decay, args.steps))
 
 
-def _step_function(svi: SVI, num_data: int, batch_size: int) -> Callable:
-    """One training step (to be jitted): draw a mini-batch, then ``svi.update`` on it."""
+def _step_function(svi: SVI, num_data: int, batch_size: int, chains: bool) -> Callable:
+    """One training step (to be jitted): draw a mini-batch, then ``svi.update`` on it.
+
+    With ``chains`` (``jsa``) the rows are drawn without replacement and passed as
+    ``index``; otherwise with replacement and without ``index`` (the draws of earlier
+    releases).
+    """
 
     def step(svi_state: SVIState, batch_key: Array, train_x: Array) -> tuple:
         batch_key, draw = random.split(batch_key)
-        index = random.randint(draw, (batch_size,), 0, num_data)
-        svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data)
+        if chains:
+            # without replacement: the rows of the batch_size largest of num_data uniforms
+            # (random.choice(..., replace=False) sorts all rows: a bars run took 13x longer)
+            index = jax.lax.top_k(random.uniform(draw, (num_data,)), batch_size)[1]
+            svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data, index=index)
+        else:
+            index = random.randint(draw, (batch_size,), 0, num_data)
+            svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data)
         return svi_state, batch_key, value
 
     return step
@@ -99,6 +119,25 @@ def _step_function(svi: SVI, num_data: int, batch_size: int) -> Callable:
 def _as_numpy(tree: Any) -> Any:
     """The same pytree with every array fetched to the host as a NumPy array."""
     return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _path_name(path: tuple) -> str:
+    """``"wakesleep_chains/values/h1"`` for a pytree path of dictionary keys (or indices)."""
+    parts = []
+    for entry in path:
+        for attribute in ("key", "idx", "name"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _named(prefix: str, tree: Any) -> dict[str, Any]:
+    """The leaves of ``tree`` by ``prefix/path`` (:func:`_path_name`)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {f"{prefix}/{_path_name(path)}": leaf for path, leaf in leaves}
 
 
 def _indexed(prefix: str, leaves: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,9 +177,16 @@ class HelmholtzTrainer:
         self._machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
         objective = schedule.objective(args.algorithm, args.particles, losses)
         self._svi = SVI(self._machine.model, self._machine.guide, _optimiser(args), objective)
-        self._init = partial(self._svi.init, num_data=self._num_data)
-        self._step_fn = _step_function(self._svi, self._num_data, args.batch_size)
+        self._chains = schedule.keeps_chains(args.algorithm)
+        if self._chains:  # svi.init plus empty chains for every training image
+            index = np.arange(args.batch_size)  # the rows of the first batch
+            self._init = partial(objective.init_state, self._svi, num_data=self._num_data,
+                                 index=index)  # fmt: skip
+        else:
+            self._init = partial(self._svi.init, num_data=self._num_data)
+        self._step_fn = _step_function(self._svi, self._num_data, args.batch_size, self._chains)
         self._jitted_step = jax.jit(self._step_fn)
+        self._jitted_acceptance = None
 
     def start(self) -> None:
         # jitted: one compilation instead of one per operation of an eager first trace
@@ -194,9 +240,9 @@ class HelmholtzTrainer:
             "batches": _as_numpy(self._batch_key),
             # unconstrained, by name
             **{f"params/{name}": value for name, value in _as_numpy(params).items()},
-            # the Optax state's and the mutable state's leaves, in order
+            # the Optax state's leaves, in order; the mutable state's (jsa's chains) by name
             **_indexed("optim", _as_numpy(jax.tree.leaves(optim_state))),
-            **_indexed("mutable", _as_numpy(jax.tree.leaves(self._state.mutable_state))),
+            **_named("mutable", _as_numpy(self._state.mutable_state)),
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -217,7 +263,9 @@ class HelmholtzTrainer:
                 if name.startswith("params/")
             },
             "optim": _unindexed("optim", arrays),
-            "mutable": _unindexed("mutable", arrays),
+            "mutable": {
+                name: value for name, value in arrays.items() if name.startswith("mutable/")
+            },
             **{key: arrays[key] for key in ("optim_step", "rng", "batches")},
         }
         return meta, state
@@ -228,20 +276,25 @@ class HelmholtzTrainer:
         fresh = jax.eval_shape(self._init, self._init_key, self._first_batch)
         _, (params, optim_state) = fresh.optim_state
         leaves, structure = jax.tree.flatten(optim_state)
-        mutable_leaves, mutable_structure = jax.tree.flatten(fresh.mutable_state)
+        mutable_names = list(_named("mutable", fresh.mutable_state))
+        mutable_structure = jax.tree.structure(fresh.mutable_state)
         saved = state["optim"]
-        if (
-            set(state["params"]) != set(params)
-            or len(saved) != len(leaves)
-            or len(state["mutable"]) != len(mutable_leaves)
-        ):
+        if set(state["params"]) != set(params) or len(saved) != len(leaves):
             raise SystemExit(
                 f"error: --resume: the {CHECKPOINT} does not hold the parameters of this machine "
                 f"({sorted(state['params'])} vs {sorted(params)})."
             )
+        if set(state["mutable"]) != set(mutable_names):
+            raise SystemExit(
+                f"error: --resume: the {CHECKPOINT} holds the state {sorted(state['mutable'])} "
+                f"where this run needs {sorted(mutable_names)} (the chains of --algorithm jsa). "
+                "Start a new run instead: the same command without --resume, with another --out."
+            )
         params = {name: jnp.asarray(value) for name, value in state["params"].items()}
         optim_state = jax.tree.unflatten(structure, [jnp.asarray(leaf) for leaf in saved])
-        mutable = jax.tree.unflatten(mutable_structure, [jnp.asarray(m) for m in state["mutable"]])
+        mutable = jax.tree.unflatten(
+            mutable_structure, [jnp.asarray(state["mutable"][name]) for name in mutable_names]
+        )
         self._state = SVIState(
             (jnp.asarray(state["optim_step"]), (params, optim_state)),
             mutable,
@@ -285,3 +338,19 @@ class HelmholtzTrainer:
 
     def sample(self, num_samples: int, key: Array) -> np.ndarray:
         return np.asarray(self._machine.sample(self._params, key, num_samples))
+
+    def acceptance_rate(self, rows: np.ndarray, key: Array) -> float:
+        """One JSA transition sweep from the chains of training rows ``rows`` (the state is
+        not changed); the fraction of moves accepted."""
+        if self._jitted_acceptance is None:
+            machine, loss, num_data = self._machine, self._svi.loss, self._num_data
+
+            def acceptance(key: Array, state: SVIState, index: Array, train_x: Array) -> Array:
+                params = {**self._svi.get_params(state), **state.mutable_state}
+                terms = loss.terms(key, params, machine.model, machine.guide, train_x[index],
+                                   num_data=num_data, index=index)  # fmt: skip
+                return terms["acceptance_rate"]
+
+            self._jitted_acceptance = jax.jit(acceptance)
+        index = jnp.asarray(rows, dtype=jnp.int32)
+        return float(self._jitted_acceptance(key, self._state, index, self._train_x))

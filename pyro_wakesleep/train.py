@@ -5,8 +5,14 @@ a :class:`~pyro_wakesleep.helmholtz.HelmholtzMachine` trained by ``pyro.infer.SV
 parameters in Pyro's global parameter store and its randomness from Pyro's global
 generators (seeded by ``--seed``) plus a host ``torch.Generator`` for the mini-batches.
 
+``--algorithm jsa`` keeps one Markov chain per training image on the loss
+(:class:`~pyro_wakesleep.JointStochasticApproximation`): each step passes the mini-batch's
+rows in the training set as ``index=`` to model and guide, and draws the rows without
+replacement (:func:`wakesleep.trainer.schedule.keeps_chains`).
+
 The checkpoint (``checkpoint.pt``) holds only tensors, numbers, strings and plain
-containers: parameters, optimiser state and every generator's state, so it loads with
+containers: parameters, optimiser state, every generator's state and, for ``jsa``, the
+chains (``loss.state_dict()``), so it loads with
 ``torch.load(..., weights_only=True)``, which runs no code from the file. A checkpoint of
 an earlier release (pickled objects) is refused with a line that says how to go on.
 """
@@ -101,6 +107,19 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _on_device(chains: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A chain state (:meth:`~pyro_wakesleep.JointStochasticApproximation.state_dict`) with
+    its tensors on ``device``."""
+    if not chains:
+        return {}
+    return {
+        **chains,
+        "values": {name: value.to(device) for name, value in chains["values"].items()},
+        "seen": chains["seen"].to(device),
+        "age": chains["age"].to(device),
+    }
+
+
 class HelmholtzTrainer:
     """The Pyro backend of the shared trainer (:class:`wakesleep.trainer.backend.TrainerBackend`)."""
 
@@ -121,17 +140,21 @@ class HelmholtzTrainer:
     def build(self, args: argparse.Namespace, data: BinaryDataset) -> None:
         self._args = args
         self._train_x = torch.as_tensor(data.train, dtype=torch.float32, device=self._device)
+        self._chains = schedule.keeps_chains(args.algorithm)
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
-        self._machine, self._svi = self._new_machine()  # its parameters drawn here
+        # its parameters drawn here
+        self._machine, self._svi, self._objective = self._new_machine()
         self._batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
 
-    def _new_machine(self) -> tuple[HelmholtzMachine, SVI]:
+    def _new_machine(self) -> tuple[HelmholtzMachine, SVI, Any]:
+        """A machine, its SVI and the SVI's objective (which holds the chains of ``jsa``)."""
         args = self._args
         machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
         machine = machine.to(self._device)
         objective = schedule.objective(args.algorithm, args.particles, losses)
-        return machine, SVI(machine.model, machine.guide, _optimiser(args), objective)
+        svi = SVI(machine.model, machine.guide, _optimiser(args), objective)
+        return machine, svi, objective
 
     def start(self) -> None:
         pass  # the machine drew its parameters in build
@@ -144,13 +167,14 @@ class HelmholtzTrainer:
         curves, self._candidates = [], []
         for _ in range(restarts):
             pyro.clear_param_store()
-            _, svi = self._new_machine()
+            _, svi, objective = self._new_machine()
             curve = []
             for _ in range(steps):
                 curve.append(self._step(svi))
                 after_step(1)
             curves.append(curve)
-            self._candidates.append(copy.deepcopy(self._training_state(svi)))
+            # with its own chains (jsa), which live on the candidate's loss
+            self._candidates.append(copy.deepcopy(self._training_state(svi, objective)))
         return np.asarray(curves, dtype=np.float64)
 
     def keep_candidate(self, index: int) -> None:
@@ -158,10 +182,19 @@ class HelmholtzTrainer:
         self._candidates = []
 
     def _step(self, svi: SVI) -> float:
-        """One step on a mini-batch drawn with the batch generator; the loss per datapoint."""
-        num_data = len(self._train_x)
-        index = torch.randint(num_data, (self._args.batch_size,), generator=self._batches)
-        value = svi.step(self._train_x[index.to(self._device)], num_data=num_data) / num_data
+        """One step on a mini-batch drawn with the batch generator; the loss per datapoint.
+
+        ``jsa`` draws the rows without replacement and passes them as ``index``; ``ws`` and
+        ``rws`` draw with replacement and pass none (the draws of earlier releases).
+        """
+        num_data, batch_size = len(self._train_x), self._args.batch_size
+        if self._chains:
+            index = torch.randperm(num_data, generator=self._batches)[:batch_size]
+            index = index.to(self._device)
+            value = svi.step(self._train_x[index], num_data=num_data, index=index) / num_data
+        else:
+            index = torch.randint(num_data, (batch_size,), generator=self._batches)
+            value = svi.step(self._train_x[index.to(self._device)], num_data=num_data) / num_data
         if isinstance(svi.optim, PyroLRScheduler):
             svi.optim.step()  # the next step's learning rate
         return value
@@ -177,19 +210,23 @@ class HelmholtzTrainer:
         pass  # every step has returned its loss
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _training_state(self, svi: SVI) -> dict[str, Any]:
-        """Parameters, optimiser state and every generator: what continues a run exactly."""
+    def _training_state(self, svi: SVI, objective: Any) -> dict[str, Any]:
+        """Parameters, optimiser state, every generator and (``jsa``) the chains: what
+        continues a run exactly."""
         params = pyro.get_param_store().get_state()["params"]
-        return {
+        state = {
             "params": {name: value.detach() for name, value in params.items()},
             "optim": svi.optim.get_state(),
             "rng": _rng_state(),
             "batches": self._batches.get_state(),
         }
+        if self._chains:  # {"plate", "values", "seen", "age"}: a string and tensors
+            state["chains"] = objective.state_dict()
+        return state
 
     def write_checkpoint(self, path: Path, meta: Mapping[str, Any]) -> None:
         buffer = io.BytesIO()
-        torch.save({"meta": dict(meta), **self._training_state(self._svi)}, buffer)
+        torch.save({"meta": dict(meta), **self._training_state(self._svi, self._objective)}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
     def read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -203,8 +240,8 @@ class HelmholtzTrainer:
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a training state, with the fresh SVI of :meth:`build`.
 
-        Generator states stay on the host; parameters move to the device. The machine's
-        parameters (``pyro.module``) are unconstrained.
+        Generator states stay on the host; parameters and chains move to the device. The
+        machine's parameters (``pyro.module``) are unconstrained.
         """
         params = {
             name: value.to(self._device).requires_grad_() for name, value in state["params"].items()
@@ -216,6 +253,13 @@ class HelmholtzTrainer:
         self._svi.optim.set_state(state["optim"])
         _set_rng_state(state["rng"])
         self._batches.set_state(state["batches"])
+        if self._chains:
+            if "chains" not in state:
+                raise SystemExit(
+                    "error: --resume: the checkpoint holds no chains of --algorithm jsa. Start a "
+                    "new run instead: the same command without --resume, with another --out."
+                )
+            self._objective.load_state_dict(_on_device(state["chains"], self._device))
 
     # -- the trained machine ----------------------------------------------------------------
     def _images(self, images: np.ndarray) -> torch.Tensor:
@@ -252,3 +296,16 @@ class HelmholtzTrainer:
 
     def sample(self, num_samples: int, key: None) -> np.ndarray:
         return self._machine.sample(num_samples).cpu().numpy()
+
+    def acceptance_rate(self, rows: np.ndarray, key: None) -> float:
+        """One JSA transition sweep from the chains of training rows ``rows``, on a copy of
+        the loss (the run's chains stay as they are); the fraction of moves accepted."""
+        probe = copy.deepcopy(self._objective)
+        index = torch.as_tensor(rows, dtype=torch.long, device=self._device)
+        machine = self._machine
+        with torch.no_grad():
+            probe.differentiable_loss(
+                machine.model, machine.guide, self._train_x[index],
+                num_data=len(self._train_x), index=index,
+            )  # fmt: skip
+        return probe.last_terms["acceptance_rate"]

@@ -72,6 +72,16 @@ def test_defaults_resolve_per_dataset(dataset):
     assert args.out == Path("run") and args.data_file is None
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])
+def test_every_algorithm_is_a_flag_of_both_backends(backend, algorithm, capsys):
+    args = parse_train_args(backend, _train("--dataset", "digits", "--algorithm", algorithm))
+    assert args.algorithm == algorithm
+    with pytest.raises(SystemExit):
+        build_parser(backend).parse_args(["train", "--help"])
+    assert "ws,rws,jsa" in capsys.readouterr().out
+
+
 def test_issue_defaults():
     bars = DATASET_DEFAULTS["bars"]
     assert bars["layers"] == (8, 1)  # the 16-8-1 network of Hinton et al. (1995)

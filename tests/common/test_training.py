@@ -10,6 +10,7 @@ from wakesleep.trainer.evaluation import nll_method, train_nll_images
 from wakesleep.trainer.schedule import (
     best_restart,
     is_checkpoint_step,
+    keeps_chains,
     learning_rate,
     objective,
     selection_steps,
@@ -61,7 +62,7 @@ def test_the_nll_method_names_the_importance_particles():
     assert nll_method(exact=False) == "importance-5000"
 
 
-def test_rws_is_the_wake_phase_guide_update_ws_the_classic_algorithm():
+def test_rws_is_the_wake_phase_guide_update_ws_the_classic_algorithm_jsa_keeps_chains():
     class Losses:  # stands in for a backend's losses module
         def ReweightedWakeSleep(**kwargs):  # noqa: N802
             return ("rws", kwargs)
@@ -69,5 +70,22 @@ def test_rws_is_the_wake_phase_guide_update_ws_the_classic_algorithm():
         def WakeSleep(**kwargs):  # noqa: N802
             return ("ws", kwargs)
 
+        def JointStochasticApproximation(**kwargs):  # noqa: N802
+            return ("jsa", kwargs)
+
     assert objective("rws", 7, Losses) == ("rws", {"num_particles": 7, "insomnia": 1.0})
     assert objective("ws", 3, Losses) == ("ws", {"num_particles": 3})
+    assert objective("jsa", 5, Losses) == ("jsa", {"num_particles": 5})
+    with pytest.raises(ValueError, match="ws, rws, jsa"):
+        objective("vi", 5, Losses)
+    # only jsa passes index= and draws its mini-batches without replacement
+    assert [keeps_chains(a) for a in ("ws", "rws", "jsa")] == [False, False, True]
+
+
+@pytest.mark.parametrize("backend", ["pyro_wakesleep", "numpyro_wakesleep"])
+def test_both_backends_build_jsa_from_their_own_losses(backend):
+    import importlib
+
+    losses = importlib.import_module(f"{backend}.losses")
+    loss = objective("jsa", 4, losses)
+    assert type(loss).__name__ == "JointStochasticApproximation" and loss.num_particles == 4

@@ -21,6 +21,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -34,10 +35,18 @@ from helpers.trainer import (
 from jax import random
 from scipy import stats
 
+from numpyro_wakesleep.chains import CHAINS
 from numpyro_wakesleep.evaluation import importance_log_likelihood, importance_log_weights
 from numpyro_wakesleep.helmholtz import HelmholtzMachine
-from numpyro_wakesleep.train import CHECKPOINT, LEGACY_CHECKPOINT, HelmholtzTrainer, main
+from numpyro_wakesleep.train import (
+    CHECKPOINT,
+    LEGACY_CHECKPOINT,
+    HelmholtzTrainer,
+    _step_function,
+    main,
+)
 from wakesleep.trainer import evaluation, loop, schedule
+from wakesleep.trainer.arguments import parse_train_args
 from wakesleep.trainer.datasets import load_dataset
 from wakesleep.trainer.exact import helmholtz_log_marginal
 
@@ -73,6 +82,12 @@ def finished(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         out = tmp_path_factory.mktemp(f"finished_{algorithm}")
         runs[algorithm] = (out, run(out, algorithm=algorithm))
     return runs
+
+
+@pytest.fixture(scope="module")
+def finished_jsa(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("finished_jsa")
+    return out, run(out, algorithm="jsa")
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
@@ -120,8 +135,12 @@ def same_run(straight_folder: Path, straight: dict, folder: Path, resumed: dict)
     assert np.array_equal(a["optim_step"], b["optim_step"])
     assert np.array_equal(a["rng"], b["rng"]) and np.array_equal(a["batches"], b["batches"])
     assert a["curve"] == b["curve"]
-    for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
-        assert straight[key] == resumed[key]
+    assert a["mutable"].keys() == b["mutable"].keys()  # jsa: the chains, by name
+    for name, value in a["mutable"].items():
+        assert value.dtype == b["mutable"][name].dtype
+        assert np.array_equal(value, b["mutable"][name]), name
+    for key in ("train_nll_nats", "test_nll_nats", "kl_bits", "acceptance_rate"):
+        assert straight.get(key) == resumed.get(key), key
     samples = [np.load(f / "samples.npy") for f in (straight_folder, folder)]
     assert np.array_equal(*samples)
 
@@ -142,6 +161,117 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
     monkeypatch.undo()
     resumed = run(tmp_path, "--resume")
     same_run(*finished["rws"], tmp_path, resumed)
+
+
+@pytest.mark.slow
+def test_jsa_writes_its_acceptance_rate_and_checkpoints_its_chains(finished_jsa):
+    folder, metrics = finished_jsa
+    on_disk = json.loads((folder / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics)) and on_disk["algorithm"] == "jsa"
+    assert 0.0 < on_disk["acceptance_rate"] <= 1.0 and on_disk["nll_method"] == "exact"
+    for name in ("samples.npy", "samples.png", "curve.png", "diagnostics.json", "khat.png"):
+        assert (folder / name).stat().st_size > 0, name
+    chains = load_checkpoint(folder)["mutable"]  # read with allow_pickle=False
+    num_train = len(load_dataset("bars").train)
+    prefix = f"mutable/{CHAINS}"
+    assert {name: value.shape for name, value in chains.items()} == {
+        f"{prefix}/values/h1": (num_train, 8),
+        f"{prefix}/values/h2": (num_train, 1),
+        f"{prefix}/seen": (num_train,),
+        f"{prefix}/age": (num_train,),
+    }
+    seen, age = chains[f"{prefix}/seen"], chains[f"{prefix}/age"]
+    assert seen.dtype == np.bool_ and age.dtype == np.int32
+    # the kept start's chains: its selection step and the 11 steps after it, 8 images each
+    assert 8 < seen.sum() <= 12 * 8
+    assert age.max() <= 11 and not age[~seen].any()
+
+
+@pytest.mark.slow
+def test_jsa_resumes_with_its_chains_to_where_an_uninterrupted_run_ends(
+    finished_jsa, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(monkeypatch, loop, "save_checkpoint")  # during step 5's save
+    jsa = partial(run, algorithm="jsa")
+    assert interrupted(capsys, jsa, tmp_path).startswith("Interrupted at step 6;")
+    assert load_checkpoint(tmp_path)["mutable"][f"mutable/{CHAINS}/seen"].sum() > 0
+    monkeypatch.undo()
+    resumed = run(tmp_path, "--resume", algorithm="jsa")
+    same_run(*finished_jsa, tmp_path, resumed)
+
+
+def _trainer(tmp_path: Path, algorithm: str) -> HelmholtzTrainer:
+    argv = ["train", "--dataset", "bars", "--algorithm", algorithm, *TINY, "--out", str(tmp_path)]
+    trainer = HelmholtzTrainer()
+    trainer.build(parse_train_args("numpyro_wakesleep", argv), load_dataset("bars"))
+    return trainer
+
+
+class RecordingSVI:
+    """Stands in for ``numpyro.infer.SVI``: records what a trainer's step passes."""
+
+    def update(self, state, x, **kwargs):
+        self.x, self.kwargs = x, kwargs
+        return state, 0.0
+
+
+@pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])
+def test_only_jsa_passes_the_rows_and_draws_them_without_replacement(algorithm):
+    train_x = jnp.arange(40.0)[:, None] * jnp.ones(3)  # row i holds i
+    svi = RecordingSVI()
+    step = _step_function(svi, 40, 8, schedule.keeps_chains(algorithm))
+    key = random.PRNGKey(0)
+    _, next_key, _ = step(None, key, train_x)
+    assert svi.kwargs.keys() == ({"num_data", "index"} if algorithm == "jsa" else {"num_data"})
+    if algorithm == "jsa":
+        index = np.asarray(svi.kwargs["index"])
+        assert len(np.unique(index)) == len(index) == 8
+        assert np.array_equal(np.asarray(svi.x[:, 0]), index)
+    else:  # the draws of earlier releases: with replacement, from the batch key
+        expected = random.randint(random.split(key)[1], (8,), 0, 40)
+        assert np.array_equal(np.asarray(svi.x[:, 0]), np.asarray(expected))
+    assert np.array_equal(next_key, random.split(key)[0])
+
+
+@pytest.mark.slow
+def test_a_jsa_step_advances_the_chains_of_exactly_the_rows_it_drew(tmp_path):
+    # the chains are keyed by the rows passed as index=, not by indices the plate draws
+    trainer = _trainer(tmp_path, "jsa")
+    trainer.start()
+    chains = trainer._state.mutable_state[CHAINS]
+    assert not np.asarray(chains["seen"]).any()
+    num_data = len(load_dataset("bars").train)
+    drawn = []
+    for _ in range(3):
+        draw = random.split(trainer._batch_key)[1]
+        drawn.append(np.asarray(jax.lax.top_k(random.uniform(draw, (num_data,)), 8)[1]))
+        trainer.step()
+    seen = np.asarray(trainer._state.mutable_state[CHAINS]["seen"])
+    assert set(np.flatnonzero(seen)) == set(np.concatenate(drawn).tolist())
+    age = np.asarray(trainer._state.mutable_state[CHAINS]["age"])
+    assert not age[~seen].any()
+
+
+@pytest.mark.slow
+def test_jsa_restarts_keep_each_candidates_chains_with_it(tmp_path):
+    trainer = _trainer(tmp_path, "jsa")
+    trainer.train_candidates(3, 2, lambda done: None)
+    states, _ = trainer._candidates
+    chains = states.mutable_state[CHAINS]  # vmapped: the candidates along axis 0
+    seen = np.asarray(chains["seen"])
+    assert seen.shape == (3, len(load_dataset("bars").train))
+    # each candidate's chains saw only its own 2 mini-batches of 8 (shared ones would see 48)
+    assert np.all((seen.sum(axis=1) > 0) & (seen.sum(axis=1) <= 16))
+    assert not np.array_equal(seen[0], seen[1])
+    trainer.keep_candidate(1)
+    trainer.write_checkpoint(tmp_path / CHECKPOINT, {"step": 2})
+    kept = load_checkpoint(tmp_path)["mutable"]
+    for name in ("h1", "h2"):
+        value = np.asarray(chains["values"][name][1])
+        assert np.array_equal(kept[f"mutable/{CHAINS}/values/{name}"], value), name
+    assert np.array_equal(kept[f"mutable/{CHAINS}/seen"], seen[1])
+    assert np.array_equal(kept[f"mutable/{CHAINS}/age"], np.asarray(chains["age"][1]))
 
 
 @pytest.mark.slow

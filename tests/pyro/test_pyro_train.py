@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from helpers.trainer import (
 )
 
 from pyro_wakesleep.helmholtz import HelmholtzMachine
-from pyro_wakesleep.train import CHECKPOINT, main
+from pyro_wakesleep.train import CHECKPOINT, HelmholtzTrainer, main
 from wakesleep.trainer import evaluation, loop, schedule
+from wakesleep.trainer.arguments import parse_train_args
 from wakesleep.trainer.datasets import load_dataset
 from wakesleep.trainer.exact import helmholtz_log_marginal
 
@@ -70,8 +72,16 @@ def _same_run(a_folder: Path, b_folder: Path, a: dict, b: dict, steps: int = 12)
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
     assert ca["rng"]["numpy"] == cb["rng"]["numpy"] and ca["rng"]["random"] == cb["rng"]["random"]
     assert torch.equal(ca["batches"], cb["batches"])
-    for key in ("train_nll_nats", "test_nll_nats", "kl_bits"):
-        assert a[key] == b[key]
+    assert ca.keys() == cb.keys()
+    if "chains" in ca:  # jsa: every datapoint's chain, whether it was seen, its age
+        assert ca["chains"]["plate"] == cb["chains"]["plate"] == "data"
+        assert ca["chains"]["values"].keys() == cb["chains"]["values"].keys()
+        for name, value in ca["chains"]["values"].items():
+            assert torch.equal(value, cb["chains"]["values"][name]), name
+        for key in ("seen", "age"):
+            assert torch.equal(ca["chains"][key], cb["chains"][key]), key
+    for key in ("train_nll_nats", "test_nll_nats", "kl_bits", "acceptance_rate"):
+        assert a.get(key) == b.get(key), key
 
 
 @pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
@@ -92,6 +102,110 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_where_an_uninterrupted_run_en
     monkeypatch.undo()
     resumed = run(folder, "--resume")
     _same_run(tmp_path / "straight", folder, straight, resumed)
+
+
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
+def test_jsa_writes_its_acceptance_rate_and_checkpoints_its_chains(tmp_path):
+    metrics = run(tmp_path, algorithm="jsa")
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics)) and on_disk["algorithm"] == "jsa"
+    assert 0.0 < on_disk["acceptance_rate"] <= 1.0 and on_disk["nll_method"] == "exact"
+    for name in ("samples.npy", "samples.png", "curve.png", "diagnostics.json", "khat.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    chains = load_checkpoint(tmp_path)["chains"]  # loaded with weights_only=True
+    num_train = len(load_dataset("bars").train)
+    assert chains["plate"] == "data"
+    assert {name: tuple(v.shape) for name, v in chains["values"].items()} == {
+        "h1": (num_train, 8),
+        "h2": (num_train, 1),
+    }
+    assert chains["seen"].dtype == torch.bool and chains["seen"].shape == (num_train,)
+    # the kept start's chains: its selection step and the 11 steps after it, 8 images each
+    assert 8 < int(chains["seen"].sum()) <= 12 * 8
+    assert int(chains["age"].max()) <= 11 and not chains["age"][~chains["seen"]].any()
+
+
+@pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
+def test_jsa_resumes_with_its_chains_to_where_an_uninterrupted_run_ends(
+    tmp_path, monkeypatch, capsys
+):
+    straight = run(tmp_path / "straight", algorithm="jsa")
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(monkeypatch, loop, "save_checkpoint")  # during step 5's save
+    folder = tmp_path / "resumed"
+    jsa = partial(run, algorithm="jsa")
+    assert interrupted(capsys, jsa, folder).startswith("Interrupted at step 6;")
+    assert int(load_checkpoint(folder)["chains"]["seen"].sum()) > 0
+    monkeypatch.undo()
+    resumed = run(folder, "--resume", algorithm="jsa")
+    _same_run(tmp_path / "straight", folder, straight, resumed)
+    assert np.array_equal(
+        np.load(folder / "samples.npy"), np.load(tmp_path / "straight" / "samples.npy")
+    )
+
+
+def _trainer(tmp_path: Path, algorithm: str) -> HelmholtzTrainer:
+    argv = ["train", "--dataset", "bars", "--algorithm", algorithm, *TINY, "--out", str(tmp_path)]
+    trainer = HelmholtzTrainer()
+    trainer.build(parse_train_args("pyro_wakesleep", argv), load_dataset("bars"))
+    return trainer
+
+
+class RecordingSVI:
+    """Stands in for ``pyro.infer.SVI``: records what a trainer's step passes."""
+
+    optim = None
+
+    def step(self, x, **kwargs):
+        self.x, self.kwargs = x, kwargs
+        return 0.0
+
+
+@pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])
+def test_only_jsa_passes_the_rows_and_draws_them_without_replacement(tmp_path, algorithm):
+    trainer = _trainer(tmp_path, algorithm)
+    svi = RecordingSVI()
+    num_data = len(trainer._train_x)
+    for _ in range(20):
+        trainer._step(svi)
+        assert svi.kwargs.keys() == ({"num_data", "index"} if algorithm == "jsa" else {"num_data"})
+        if algorithm == "jsa":
+            index = svi.kwargs["index"]
+            assert len(index.unique()) == len(index) == 8
+            assert torch.equal(svi.x, trainer._train_x[index])
+    if algorithm != "jsa":  # the draws of earlier releases: with replacement, one generator
+        batches = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            index = torch.randint(num_data, (8,), generator=batches)
+        assert torch.equal(svi.x, trainer._train_x[index])
+
+
+def test_a_jsa_step_advances_the_chains_of_exactly_the_rows_it_drew(tmp_path):
+    # the chains are keyed by the rows passed as index=
+    trainer = _trainer(tmp_path, "jsa")
+    num_data = len(trainer._train_x)
+    batches = torch.Generator().manual_seed(0)
+    drawn = [torch.randperm(num_data, generator=batches)[:8] for _ in range(3)]
+    for _ in range(3):
+        trainer.step()
+    seen = trainer._objective.state_dict()["seen"]
+    assert set(seen.nonzero().flatten().tolist()) == set(torch.cat(drawn).tolist())
+
+
+def test_jsa_restarts_keep_each_candidates_chains_with_it(tmp_path):
+    trainer = _trainer(tmp_path, "jsa")
+    trainer.train_candidates(3, 2, lambda done: None)
+    chains = [candidate["chains"] for candidate in trainer._candidates]
+    # each candidate's chains saw only its own 2 mini-batches of 8 (shared ones would see 48)
+    assert all(0 < int(c["seen"].sum()) <= 16 for c in chains)
+    assert not torch.equal(chains[0]["seen"], chains[1]["seen"])
+    trainer.keep_candidate(1)
+    trainer.write_checkpoint(tmp_path / CHECKPOINT, {"step": 2})
+    kept = load_checkpoint(tmp_path)["chains"]
+    for name, value in chains[1]["values"].items():
+        assert torch.equal(kept["values"][name], value), name
+    assert torch.equal(kept["seen"], chains[1]["seen"])
+    assert torch.equal(kept["age"], chains[1]["age"])
 
 
 @pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests

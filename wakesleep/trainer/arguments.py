@@ -2,7 +2,7 @@
 
 ::
 
-    python -m pyro_wakesleep train --dataset bars|digits|mnist5k --algorithm ws|rws \\
+    python -m pyro_wakesleep train --dataset bars|digits|mnist5k --algorithm ws|rws|jsa \\
         [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
         [--lr-decay D] [--init default|sparse] [--restarts R] \\
         [--seed S] [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
@@ -35,6 +35,7 @@ from .datasets import DATASETS
 from .initialisation import INITS
 
 __all__ = [
+    "ALGORITHMS",
     "DATASET_DEFAULTS",
     "DATA_SET_DEPENDENT",
     "DEFAULT_NUM_SAMPLES",
@@ -90,6 +91,10 @@ DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     },
 }
 DATASET_DEFAULTS["file"] = dict(DATASET_DEFAULTS["mnist5k"])
+
+#: ``--algorithm``: wake-sleep, reweighted wake-sleep, joint stochastic approximation
+#: (:func:`wakesleep.trainer.schedule.objective`).
+ALGORITHMS = ("ws", "rws", "jsa")
 
 #: ``--num-samples``: images drawn from the trained model into ``samples.npy``.
 DEFAULT_NUM_SAMPLES = 10_000
@@ -188,9 +193,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--algorithm",
         required=True,
-        choices=("ws", "rws"),
+        choices=ALGORITHMS,
         help="ws: classic wake-sleep (Hinton et al. 1995); rws: reweighted wake-sleep "
-        "(Bornschein & Bengio 2015)",
+        "(Bornschein & Bengio 2015); jsa: joint stochastic approximation, one persistent "
+        "Markov chain per training image (Xu & Ou 2016)",
     )
     parser.add_argument(
         "--layers",
@@ -279,9 +285,9 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a Helmholtz machine and write metrics, samples and plots to --out",
-        description="Train a Helmholtz machine by wake-sleep (ws) or reweighted wake-sleep "
-        "(rws) and write metrics.json, samples.npy, samples.png, curve.png and a checkpoint "
-        "to --out.",
+        description="Train a Helmholtz machine by wake-sleep (ws), reweighted wake-sleep "
+        "(rws) or joint stochastic approximation (jsa) and write metrics.json, samples.npy, "
+        "samples.png, curve.png and a checkpoint to --out.",
     )
     add_train_arguments(train)
     return parser

@@ -126,3 +126,10 @@ class TrainerBackend(Protocol):
     def sample(self, num_samples: int, key: Key) -> np.ndarray:
         """``num_samples`` images from the generative model, 0/1 of shape ``(S, D)``."""
         ...
+
+    def acceptance_rate(self, rows: np.ndarray, key: Key) -> float:
+        """``--algorithm jsa`` only: one transition sweep of the independence sampler from
+        the chains of the training images ``rows`` (indices), with ``--particles`` fresh
+        guide proposals each, leaving the run's chains unchanged; the fraction of the
+        ``len(rows) × K`` moves that were accepted."""
+        ...

@@ -6,6 +6,12 @@ when the hidden layers are small enough, else an importance estimate with
 computed :data:`EVALUATION_BATCH` images at a time so that a Ctrl-C waits for one batch at
 most. The guide's PSIS ``k̂`` (``diagnostics.json``, ``khat.png``) uses
 :data:`DIAGNOSTIC_SAMPLES` draws on at most :data:`DIAGNOSTIC_IMAGES` test images.
+
+``--algorithm jsa`` adds ``acceptance_rate`` to ``metrics.json``
+(:func:`chain_acceptance_rate`): the fraction of the independence sampler's moves that the
+trained machine accepts, from every training image's chain with ``--particles`` fresh
+proposals of the guide (the run's chains themselves stay as trained). It is near 1 when
+the guide is close to the exact posterior and near 0 when chains stick.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .datasets import BinaryDataset
 from .exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
 from .outputs import run_metrics, save_curve, save_diagnostics, save_samples, write_metrics
 from .runs import CtrlC
+from .schedule import keeps_chains
 
 __all__ = [
     "DIAGNOSTIC_IMAGES",
@@ -30,6 +37,7 @@ __all__ = [
     "IMPORTANCE_CHUNK_SIZE",
     "IMPORTANCE_PARTICLES",
     "IMPORTANCE_TRAIN_IMAGES",
+    "chain_acceptance_rate",
     "evaluate",
     "mean_nll",
     "nll_method",
@@ -78,6 +86,20 @@ def mean_nll(
     return -total / len(images)
 
 
+def chain_acceptance_rate(
+    backend: TrainerBackend, num_train: int, key: Key, ctrl_c: CtrlC
+) -> float:
+    """``jsa``: the mean over every training image's chain of the fraction of ``K`` moves
+    accepted in one transition sweep; a Ctrl-C stops it between batches."""
+    starts = range(0, num_train, EVALUATION_BATCH)
+    accepted = 0.0
+    for batch_key, start in zip(backend.split_key(key, len(starts)), starts, strict=True):
+        ctrl_c.check(evaluating=True)
+        rows = np.arange(start, min(start + EVALUATION_BATCH, num_train))
+        accepted += backend.acceptance_rate(rows, batch_key) * len(rows)
+    return accepted / num_train
+
+
 def write_diagnostics(backend: TrainerBackend, images: np.ndarray, out: Path, key: Key) -> None:
     """``diagnostics.json`` and ``khat.png``: PSIS k̂ of the guide on test images."""
     try:
@@ -108,9 +130,10 @@ def evaluate(
     device idle and stops with :class:`~wakesleep.trainer.runs.Interrupted`
     (``evaluating=True``).
     """
-    train_key, test_key, sample_key, diagnostics_key = backend.split_key(
-        backend.evaluation_key(), 4
-    )
+    chains = keeps_chains(args.algorithm)
+    # jsa draws a fifth key, for its acceptance rate; ws and rws the four they always drew
+    keys = backend.split_key(backend.evaluation_key(), 5 if chains else 4)
+    train_key, test_key, sample_key, diagnostics_key = keys[:4]
     exact = helmholtz_enumerable(args.layers)
     bars_kl = None
     if args.dataset == "bars" and exact:  # exact KL needs the hidden layers enumerated
@@ -120,6 +143,10 @@ def evaluate(
     metrics = run_metrics(
         backend.name, args, seconds, train_nll, test_nll, nll_method(exact), bars_kl
     )
+    if chains:
+        metrics["acceptance_rate"] = chain_acceptance_rate(
+            backend, len(data.train), keys[4], ctrl_c
+        )
     ctrl_c.check(evaluating=True)
     write_metrics(out, metrics)
     save_samples(out, backend.sample(args.num_samples, sample_key), data.image_shape)

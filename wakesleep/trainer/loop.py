@@ -7,8 +7,9 @@ the best of ``--restarts`` candidates, or from one start; then evaluate it and w
 outputs (:mod:`~wakesleep.trainer.evaluation`).
 
 The checkpoint holds the step, the elapsed seconds, the curve and the run's settings,
-plus the backend's parameters, optimiser state and every random-number generator, so
-``--resume`` ends where an uninterrupted run with the same seed ends. It is written every
+plus the backend's parameters, optimiser state, every random-number generator and, for
+``--algorithm jsa``, the per-image Markov chains, so ``--resume`` ends where an
+uninterrupted run with the same seed ends. It is written every
 :func:`~wakesleep.trainer.schedule.is_checkpoint_step`, and last before the evaluation, so
 a Ctrl-C during the evaluation leaves a run that ``--resume`` evaluates again.
 

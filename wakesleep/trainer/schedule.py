@@ -1,6 +1,8 @@
 """The training schedule, shared by both trainers (``python -m {backend} train``).
 
-- :func:`objective`: ``--algorithm`` as one of a backend's losses.
+- :func:`objective`: ``--algorithm`` as one of a backend's losses; :func:`keeps_chains`:
+  whether it keeps per-image Markov chains (``jsa``), which changes how mini-batches are
+  drawn and passed.
 - :func:`learning_rate`: Adam's step size falls exponentially from ``--lr`` to
   ``--lr × --lr-decay`` over the run.
 - :func:`selection_steps` and :func:`best_restart`: ``--restarts R`` trains ``R`` machines
@@ -25,6 +27,7 @@ __all__ = [
     "MIN_CHECKPOINT_INTERVAL",
     "best_restart",
     "is_checkpoint_step",
+    "keeps_chains",
     "learning_rate",
     "objective",
     "selection_steps",
@@ -35,11 +38,28 @@ def objective(algorithm: str, particles: int, losses: ModuleType) -> Any:
     """The loss of ``--algorithm`` from a backend's ``losses`` module (same names in both).
 
     ``rws`` is reweighted wake-sleep with the wake-phase update of the guide only
-    (``insomnia=1``, Bornschein & Bengio 2015); ``ws`` is classic wake-sleep.
+    (``insomnia=1``, Bornschein & Bengio 2015); ``ws`` is classic wake-sleep; ``jsa`` is
+    joint stochastic approximation (Xu & Ou 2016), which keeps one Markov chain per
+    training image and so needs the mini-batch's rows (:func:`keeps_chains`).
     """
     if algorithm == "rws":
         return losses.ReweightedWakeSleep(num_particles=particles, insomnia=1.0)
-    return losses.WakeSleep(num_particles=particles)
+    if algorithm == "jsa":
+        return losses.JointStochasticApproximation(num_particles=particles)
+    if algorithm == "ws":
+        return losses.WakeSleep(num_particles=particles)
+    raise ValueError(f"--algorithm must be one of ws, rws, jsa, got {algorithm!r}.")
+
+
+def keeps_chains(algorithm: str) -> bool:
+    """Whether ``--algorithm`` keeps a Markov chain per training image (``jsa``).
+
+    Its trainer then passes ``index=`` (the mini-batch's rows in the training set) to the
+    machine's model and guide, and draws each mini-batch without replacement, so that no
+    image appears twice in one step (two copies would advance one chain twice from the same
+    state). ``ws`` and ``rws`` draw with replacement and pass no ``index``, as before.
+    """
+    return algorithm == "jsa"
 
 
 #: A trainer writes its checkpoint every ``max(MIN_CHECKPOINT_INTERVAL, steps // 10)`` steps
