@@ -18,6 +18,7 @@ from .losses import (
     NonFiniteDataError,
     NonFiniteLossWarning,
     ReweightedWakeSleep,
+    Sparsity,
     WakeSleep,
 )
 from .svi import AlternatingSVI, AlternatingSVIState
@@ -32,6 +33,7 @@ __all__ = [
     "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
+    "Sparsity",
     "WakeSleep",
 ]
 __version__ = "0.1.0"

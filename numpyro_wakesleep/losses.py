@@ -35,9 +35,13 @@ from wakesleep.contract import (
     NonFiniteDataError,
     NonFiniteLossWarning,
     Phase,
+    Sparsity,
     check_objective_arguments,
+    check_sparsity,
+    check_wake_phi,
     non_finite_loss_message,
     not_an_instance,
+    not_reparameterisable_error,
 )
 
 from . import objectives
@@ -45,10 +49,14 @@ from .chains import CHAINS, advance_chains, empty_chains
 from .dreams import DreamArgs, Dreamer
 from .traces import (
     ImportanceTraces,
+    bernoulli_sites,
     importance_traces,
+    mean_activations,
     non_finite_data_of,
     non_finite_observations,
+    path_log_weights,
     probe,
+    sample_sites,
 )
 
 __all__ = [
@@ -56,6 +64,7 @@ __all__ = [
     "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
+    "Sparsity",
     "WakeSleep",
 ]
 
@@ -87,7 +96,11 @@ class _WakeSleepELBO(ELBO):
         max_plate_nesting: float,
         alternate: bool | str,
         dream_args: DreamArgs | None,
+        sparsity: Sparsity | None = None,
+        wake_phi: str = "score",
     ) -> None:
+        check_sparsity(sparsity)
+        check_wake_phi(wake_phi)
         check_objective_arguments(
             self._objective,
             num_particles=num_particles,
@@ -106,6 +119,8 @@ class _WakeSleepELBO(ELBO):
         self.max_plate_nesting = max_plate_nesting
         self.alternate = alternate
         self.dream_args = dream_args
+        self.sparsity = sparsity
+        self.wake_phi = wake_phi
         self._dreamer = Dreamer(
             num_dreams=self.num_sleep_particles,
             dream_args=dream_args,
@@ -117,6 +132,9 @@ class _WakeSleepELBO(ELBO):
         self._last: dict[str, Array] = {}
 
     # -- what subclasses choose ------------------------------------------------------------
+    #: The wake pass returns every particle's guide values (``particle_values``).
+    _keeps_draws: bool = False
+
     def _bound(self, log_weights: Array) -> Array:
         raise NotImplementedError
 
@@ -252,11 +270,27 @@ class _WakeSleepELBO(ELBO):
             args,
             kwargs,
             rng_key=rng_key,
-            params=param_map,
+            params={name: v for name, v in param_map.items() if name != CHAINS},
             num_particles=self.num_particles,
             max_plate_nesting=self.max_plate_nesting,
             vectorize=self.vectorize_particles,
+            keep_draws=self._keeps_draws,
+            keep_attached=self.wake_phi == "dreg",
+            keep_activations=self.sparsity is not None,
         )
+
+    def _sparsity_penalty(self, wake: ImportanceTraces) -> tuple[Array, Array]:
+        """``weight · N · Σ_j KL(Bern(target) ‖ Bern(ρ̂_j))`` over the chosen Bernoulli sites of the
+        guide (``N``: the datapoints the batch stands for), and the mean activation."""
+        sites = self.sparsity.chosen_sites(
+            bernoulli_sites(wake.guide_trace),
+            [name for name, site in sample_sites(wake.guide_trace) if not site["is_observed"]],
+        )
+        rho = jnp.concatenate([r.reshape(-1) for r in mean_activations(wake, sites).values()])
+        eps = jnp.finfo(rho.dtype).eps  # a unit always on or off: a large, finite penalty
+        penalty = objectives.sparsity_penalty(jnp.clip(rho, eps, 1.0 - eps), self.sparsity.target)
+        num_data = wake.log_weights[0].size * wake.data_scale
+        return self.sparsity.weight * num_data * penalty, jnp.mean(jax.lax.stop_gradient(rho))
 
     def _value(self, wake: ImportanceTraces) -> Array:
         return -_scaled_sum(self._bound(wake.log_weights), wake.data_scale)
@@ -287,6 +321,10 @@ class _WakeSleepELBO(ELBO):
         terms, weighted, extra, state = self._terms(
             dream_key, param_map, model, guide, args, kwargs, wake, phase
         )
+        if self.sparsity is not None:
+            terms["sparsity"], extra["mean_activation"] = self._sparsity_penalty(wake)
+            if phase != "model":
+                weighted.append(terms["sparsity"])
         value = self._value(wake)
         if "valid" in extra:  # the step cannot be right: make it non-finite, as under jit
             value = jnp.where(extra.pop("valid"), value, jnp.nan)
@@ -326,9 +364,14 @@ class _WakeSleepELBO(ELBO):
             weighted.append(terms["wake_theta"])
         if phase != "model":
             if self.insomnia > 0.0:
-                terms["wake_phi"] = _scaled_sum(
-                    objectives.wake_phi_loss(wake.log_weights, wake.log_q), wake.data_scale
-                )
+                if self.wake_phi == "dreg":
+                    _check_reparameterisable(wake)
+                    wake_phi = objectives.dreg_wake_phi_loss(
+                        wake.log_weights, path_log_weights(wake, model, guide, args, kwargs)
+                    )
+                else:
+                    wake_phi = objectives.wake_phi_loss(wake.log_weights, wake.log_q)
+                terms["wake_phi"] = _scaled_sum(wake_phi, wake.data_scale)
                 weighted.append(self.insomnia * terms["wake_phi"])
             if self.insomnia < 1.0:
                 log_q_dreams, self._vectorize_dreams = self._dreamer.log_q(
@@ -356,6 +399,13 @@ class _WakeSleepELBO(ELBO):
             bad_sites=[label for label, ok in wake.site_finite.items() if not bool(jnp.all(ok))],
             advice=" Under jit, AlternatingSVI and SVI(...).stable_update refuse such a step.",
         )
+
+
+def _check_reparameterisable(wake: ImportanceTraces) -> None:
+    """``wake_phi="dreg"`` differentiates through every guide sample: name those it cannot."""
+    sites = [name for name, site in sample_sites(wake.guide_trace) if not site["fn"].has_rsample]
+    if sites:
+        raise not_reparameterisable_error(sites)
 
 
 def _check_instance(loss: object) -> None:
@@ -424,6 +474,11 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         every step updates both (with a warning).
     :param dream_args: ``(observations, args, kwargs) -> (args, kwargs)``, how dreams reach
         the guide (see :mod:`numpyro_wakesleep.dreams` for the default rules).
+    :param sparsity: a :class:`~wakesleep.contract.Sparsity` constraint on the guide's
+        Bernoulli units (sparse wake-sleep), or ``None``.
+    :param wake_phi: ``"score"`` (default), the self-normalised score estimator of wake-φ, or
+        ``"dreg"``, the doubly-reparameterised one of Tucker et al. (2019) for
+        reparameterisable guides: the same expectation, a lower variance.
 
     References: Bornschein & Bengio (2015), *Reweighted wake-sleep*, arXiv:1406.2751;
     Le et al. (2019), *Revisiting reweighted wake-sleep for models with stochastic control
@@ -441,6 +496,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         max_plate_nesting: float = float("inf"),
         alternate: bool | str = False,
         dream_args: DreamArgs | None = None,
+        sparsity: Sparsity | None = None,
+        wake_phi: str = "score",
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -450,6 +507,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=alternate,
             dream_args=dream_args,
+            sparsity=sparsity,
+            wake_phi=wake_phi,
         )
 
     def _bound(self, log_weights: Array) -> Array:
@@ -469,7 +528,8 @@ class WakeSleep(_WakeSleepELBO):
 
     The reported value is the negative ELBO estimate
     :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
-    :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
+    :class:`ReweightedWakeSleep`, without ``insomnia`` and ``wake_phi`` (the guide learns from
+    dreams only).
     """
 
     _objective = "WakeSleep"
@@ -482,6 +542,7 @@ class WakeSleep(_WakeSleepELBO):
         max_plate_nesting: float = float("inf"),
         alternate: bool | str = False,
         dream_args: DreamArgs | None = None,
+        sparsity: Sparsity | None = None,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -491,6 +552,7 @@ class WakeSleep(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=alternate,
             dream_args=dream_args,
+            sparsity=sparsity,
         )
 
     def _bound(self, log_weights: Array) -> Array:
@@ -561,6 +623,8 @@ class JointStochasticApproximation(_WakeSleepELBO):
     :param num_particles: ``K``, proposals per datapoint and step (``K = 1`` is allowed).
     :param vectorize_particles: ``jax.vmap`` the proposals rather than ``jax.lax.map``.
     :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+    :param sparsity: a :class:`~wakesleep.contract.Sparsity` constraint on the guide's
+        Bernoulli units, or ``None``.
 
     :raises ValueError: when the model has a global latent (no plate encloses every site, so
         there is no per-datapoint chain) or several data plates; when the data plate's size
@@ -574,12 +638,14 @@ class JointStochasticApproximation(_WakeSleepELBO):
     """
 
     _objective = "JointStochasticApproximation"
+    _keeps_draws = True  # the chains store the proposals' values
 
     def __init__(
         self,
         num_particles: int = 1,
         vectorize_particles: bool = True,
         max_plate_nesting: float = float("inf"),
+        sparsity: Sparsity | None = None,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -589,6 +655,7 @@ class JointStochasticApproximation(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=False,
             dream_args=None,
+            sparsity=sparsity,
         )
 
     # -- the chain state ------------------------------------------------------------------
@@ -660,22 +727,6 @@ class JointStochasticApproximation(_WakeSleepELBO):
         return super().loss_for_phase(phase, rng_key, param_map, model, guide, *args, **kwargs)
 
     loss_for_phase.__doc__ = _WakeSleepELBO.loss_for_phase.__doc__
-
-    def _wake(
-        self, rng_key: Array, param_map: dict, model: Callable, guide: Callable, args, kwargs
-    ) -> ImportanceTraces:
-        return importance_traces(
-            model,
-            guide,
-            args,
-            kwargs,
-            rng_key=rng_key,
-            params={name: v for name, v in param_map.items() if name != CHAINS},
-            num_particles=self.num_particles,
-            max_plate_nesting=self.max_plate_nesting,
-            vectorize=self.vectorize_particles,
-            keep_draws=True,
-        )
 
     def _bound(self, log_weights: Array) -> Array:
         return objectives.iwae_bound(log_weights)

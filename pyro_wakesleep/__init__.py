@@ -12,6 +12,7 @@ from .losses import (
     NonFiniteDataError,
     NonFiniteLossWarning,
     ReweightedWakeSleep,
+    Sparsity,
     WakeSleep,
 )
 from .traces import ModelGuideMismatchError
@@ -23,6 +24,7 @@ __all__ = [
     "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
+    "Sparsity",
     "WakeSleep",
 ]
 __version__ = "0.1.0"

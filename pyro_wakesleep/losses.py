@@ -23,8 +23,12 @@ from wakesleep.contract import (
     NonFiniteDataError,
     NonFiniteLossWarning,
     Phase,
+    Sparsity,
     check_objective_arguments,
+    check_sparsity,
+    check_wake_phi,
     non_finite_loss_message,
+    not_reparameterisable_error,
 )
 
 from . import objectives
@@ -32,9 +36,12 @@ from .chains import Chains, advance_chains
 from .dreams import DreamArgs, Dreamer
 from .traces import (
     ImportanceTraces,
+    bernoulli_sites,
     importance_traces,
+    mean_activations,
     non_finite_data_of,
     non_finite_observations,
+    path_log_weights,
     resolve_plate_nesting,
     sample_sites,
     trace_params,
@@ -46,6 +53,7 @@ __all__ = [
     "NonFiniteDataError",
     "NonFiniteLossWarning",
     "ReweightedWakeSleep",
+    "Sparsity",
     "WakeSleep",
 ]
 
@@ -69,7 +77,11 @@ class _WakeSleepELBO(ELBO):
         max_plate_nesting: float,
         alternate: bool | str,
         dream_args: DreamArgs | None,
+        sparsity: Sparsity | None = None,
+        wake_phi: str = "score",
     ) -> None:
+        check_sparsity(sparsity)
+        check_wake_phi(wake_phi)
         check_objective_arguments(
             self._objective,
             num_particles=num_particles,
@@ -90,6 +102,8 @@ class _WakeSleepELBO(ELBO):
         )
         self.alternate = alternate
         self.dream_args = dream_args
+        self.sparsity = sparsity
+        self.wake_phi = wake_phi
         self._dreamer = Dreamer(
             num_dreams=self.num_sleep_particles,
             dream_args=dream_args,
@@ -240,6 +254,7 @@ class _WakeSleepELBO(ELBO):
                 num_particles=self.num_particles,
                 max_plate_nesting=self._plate_nesting(model, guide, args, kwargs),
                 vectorize=self._vectorize(model, guide, args, kwargs),
+                keep_attached=self.wake_phi == "dreg",
             )
         except (ValueError, RuntimeError) as error:
             # NaN data often first show as a guide that cannot build its distributions
@@ -249,6 +264,19 @@ class _WakeSleepELBO(ELBO):
                     raise problem from error
             raise
 
+    def _sparsity_penalty(self, wake: ImportanceTraces) -> tuple[Tensor, Tensor]:
+        """``weight · N · Σ_j KL(Bern(target) ‖ Bern(ρ̂_j))`` over the chosen Bernoulli sites of the
+        guide (``N``: the datapoints the batch stands for), and the mean activation."""
+        sites = self.sparsity.chosen_sites(
+            bernoulli_sites(wake.guide_trace),
+            [name for name, site in sample_sites(wake.guide_trace) if not site["is_observed"]],
+        )
+        rho = torch.cat([r.reshape(-1) for r in mean_activations(wake, sites).values()])
+        eps = torch.finfo(rho.dtype).eps  # a unit always on or off: a large, finite penalty
+        penalty = objectives.sparsity_penalty(rho.clamp(eps, 1.0 - eps), self.sparsity.target)
+        num_data = wake.log_weights[0].numel() * wake.data_scale
+        return self.sparsity.weight * num_data * penalty, rho.detach().mean()
+
     def _value(self, wake: ImportanceTraces) -> Tensor:
         return -_scaled_sum(self._bound(wake.log_weights), wake.data_scale)
 
@@ -257,6 +285,10 @@ class _WakeSleepELBO(ELBO):
     ) -> tuple[Tensor, ImportanceTraces, dict[str, Tensor]]:
         wake = self._wake(model, guide, args, kwargs)
         terms, weighted, extra = self._terms(model, guide, args, kwargs, wake, phase)
+        if self.sparsity is not None:
+            terms["sparsity"], extra["mean_activation"] = self._sparsity_penalty(wake)
+            if phase != "model":
+                weighted.append(terms["sparsity"])
         if "wake_theta" in terms and self._wake_theta_is_value:
             value = terms["wake_theta"].detach()
         else:
@@ -289,9 +321,14 @@ class _WakeSleepELBO(ELBO):
             weighted.append(terms["wake_theta"])
         if phase != "model":
             if self.insomnia > 0.0:
-                terms["wake_phi"] = _scaled_sum(
-                    objectives.wake_phi_loss(wake.log_weights, wake.log_q), wake.data_scale
-                )
+                if self.wake_phi == "dreg":
+                    _check_reparameterisable(wake)
+                    wake_phi = objectives.dreg_wake_phi_loss(
+                        wake.log_weights, path_log_weights(wake, model, guide, args, kwargs)
+                    )
+                else:
+                    wake_phi = objectives.wake_phi_loss(wake.log_weights, wake.log_q)
+                terms["wake_phi"] = _scaled_sum(wake_phi, wake.data_scale)
                 weighted.append(
                     terms["wake_phi"] if self.insomnia == 1.0 else self.insomnia * terms["wake_phi"]
                 )
@@ -324,6 +361,13 @@ class _WakeSleepELBO(ELBO):
                 if not torch.isfinite(site["fn"].log_prob(site["value"])).all()
             ],
         )
+
+
+def _check_reparameterisable(wake: ImportanceTraces) -> None:
+    """``wake_phi="dreg"`` differentiates through every guide sample: name those it cannot."""
+    sites = [name for name, site in sample_sites(wake.guide_trace) if not site["fn"].has_rsample]
+    if sites:
+        raise not_reparameterisable_error(sites)
 
 
 def _clear_grads(wake: ImportanceTraces, names: set[str]) -> None:
@@ -385,6 +429,11 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         alternates model-only and guide-only steps, ``"guide_first"`` starts with the guide.
     :param dream_args: ``(observations, args, kwargs) -> (args, kwargs)``, how dreams reach
         the guide (see :mod:`pyro_wakesleep.dreams` for the default rules).
+    :param sparsity: a :class:`~wakesleep.contract.Sparsity` constraint on the guide's
+        Bernoulli units (sparse wake-sleep), or ``None``.
+    :param wake_phi: ``"score"`` (default), the self-normalised score estimator of wake-φ, or
+        ``"dreg"``, the doubly-reparameterised one of Tucker et al. (2019) for
+        reparameterisable guides: the same expectation, a lower variance.
 
     References: Bornschein & Bengio (2015), *Reweighted wake-sleep*, arXiv:1406.2751;
     Le et al. (2019), *Revisiting reweighted wake-sleep for models with stochastic control
@@ -402,6 +451,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
         max_plate_nesting: float = float("inf"),
         alternate: bool | str = False,
         dream_args: DreamArgs | None = None,
+        sparsity: Sparsity | None = None,
+        wake_phi: str = "score",
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -411,6 +462,8 @@ class ReweightedWakeSleep(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=alternate,
             dream_args=dream_args,
+            sparsity=sparsity,
+            wake_phi=wake_phi,
         )
 
     # −Σ IWAE(log p − sg(log q)) and −Σ IWAE(log w) are the same number: sg changes no value.
@@ -433,7 +486,8 @@ class WakeSleep(_WakeSleepELBO):
 
     The reported value is the negative ELBO estimate
     :math:`-\sum_x \frac1K \sum_k \log w_k` (nats). Arguments and their meaning are those of
-    :class:`ReweightedWakeSleep`, without ``insomnia`` (the guide learns from dreams only).
+    :class:`ReweightedWakeSleep`, without ``insomnia`` and ``wake_phi`` (the guide learns from
+    dreams only).
     """
 
     _objective = "WakeSleep"
@@ -446,6 +500,7 @@ class WakeSleep(_WakeSleepELBO):
         max_plate_nesting: float = float("inf"),
         alternate: bool | str = False,
         dream_args: DreamArgs | None = None,
+        sparsity: Sparsity | None = None,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -455,6 +510,7 @@ class WakeSleep(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=alternate,
             dream_args=dream_args,
+            sparsity=sparsity,
         )
 
     def _bound(self, log_weights: Tensor) -> Tensor:
@@ -501,6 +557,8 @@ class JointStochasticApproximation(_WakeSleepELBO):
     :param num_particles: ``K``, proposals per datapoint and step (``K = 1`` is allowed).
     :param vectorize_particles: proposals as a plate rather than a loop.
     :param max_plate_nesting: the model's own plates, particles not counted (guessed if inf).
+    :param sparsity: a :class:`~wakesleep.contract.Sparsity` constraint on the guide's
+        Bernoulli units, or ``None``.
 
     :raises ValueError: at the first step, when the model has a global latent (no plate
         encloses every site, so there is no per-datapoint chain) or several data plates;
@@ -519,6 +577,7 @@ class JointStochasticApproximation(_WakeSleepELBO):
         num_particles: int = 1,
         vectorize_particles: bool = True,
         max_plate_nesting: float = float("inf"),
+        sparsity: Sparsity | None = None,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -528,6 +587,7 @@ class JointStochasticApproximation(_WakeSleepELBO):
             max_plate_nesting=max_plate_nesting,
             alternate=False,
             dream_args=None,
+            sparsity=sparsity,
         )
         self.chains = Chains()
 

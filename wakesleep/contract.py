@@ -34,6 +34,7 @@ __all__ = [
     "check_draw_arguments",
     "check_objective_arguments",
     "check_site_match",
+    "check_sparsity",
     "check_wake_phi",
     "not_reparameterisable_error",
     "chain_plate_error",
@@ -226,6 +227,15 @@ def check_wake_phi(wake_phi: object) -> None:
         raise ValueError(
             f"wake_phi must be 'score' (the self-normalised score estimator) or 'dreg' (doubly "
             f"reparameterised, for reparameterisable guides), got {wake_phi!r}."
+        )
+
+
+def check_sparsity(sparsity: object) -> None:
+    """Raise ``ValueError`` unless ``sparsity`` is ``None`` or a :class:`Sparsity`."""
+    if sparsity is not None and not isinstance(sparsity, Sparsity):
+        raise ValueError(
+            "sparsity must be None or Sparsity(target=0.05, weight=1.0, sites=None) (importable "
+            f"from the backend's package), got {sparsity!r}."
         )
 
 
