@@ -44,10 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array, random
+from numpyro import handlers
 from numpyro.infer import SVI
 from numpyro.infer.svi import SVIState
 
 from wakesleep.trainer import loop, schedule
+from wakesleep.trainer.arguments import sparsity_settings
 from wakesleep.trainer.backend import GenerativeWeights
 from wakesleep.trainer.datasets import BinaryDataset
 from wakesleep.trainer.outputs import atomic_write_bytes
@@ -175,7 +177,9 @@ class HelmholtzTrainer:
         self._first_batch = self._train_x[: args.batch_size]  # traces init's shapes
         self._init_key, self._batch_key, self._eval_key = random.split(random.PRNGKey(args.seed), 3)
         self._machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
-        objective = schedule.objective(args.algorithm, args.particles, losses)
+        objective = schedule.objective(
+            args.algorithm, args.particles, losses, sparsity_settings(args)
+        )
         self._svi = SVI(self._machine.model, self._machine.guide, _optimiser(args), objective)
         self._chains = schedule.keeps_chains(args.algorithm)
         if self._chains:  # svi.init plus empty chains for every training image
@@ -187,6 +191,7 @@ class HelmholtzTrainer:
         self._step_fn = _step_function(self._svi, self._num_data, args.batch_size, self._chains)
         self._jitted_step = jax.jit(self._step_fn)
         self._jitted_acceptance = None
+        self._jitted_activation = None
 
     def start(self) -> None:
         # jitted: one compilation instead of one per operation of an eager first trace
@@ -338,6 +343,25 @@ class HelmholtzTrainer:
 
     def sample(self, num_samples: int, key: Array) -> np.ndarray:
         return np.asarray(self._machine.sample(self._params, key, num_samples))
+
+    def mean_activation(self, images: np.ndarray, key: Array) -> float:
+        """The guide run once on ``images`` (seeded by ``key``, jitted); its units'
+        probabilities of being on, averaged."""
+        if self._jitted_activation is None:
+            machine = self._machine
+
+            def activation(key: Array, params: dict[str, Array], x: Array) -> Array:
+                guide = handlers.seed(handlers.substitute(machine.guide, data=params), key)
+                trace = handlers.trace(guide).get_trace(x)
+                probs = [
+                    trace[f"h{layer}"]["fn"].mean.reshape(x.shape[0], -1)
+                    for layer in range(1, len(machine.hidden) + 1)
+                ]
+                return jnp.concatenate(probs, axis=-1).mean()
+
+            self._jitted_activation = jax.jit(activation)
+        x = jnp.asarray(images, dtype=jnp.float32)
+        return float(self._jitted_activation(key, self._params, x))
 
     def acceptance_rate(self, rows: np.ndarray, key: Array) -> float:
         """One JSA transition sweep from the chains of training rows ``rows`` (the state is

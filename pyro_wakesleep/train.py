@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 from pyro.optim import Adam, LambdaLR, PyroLRScheduler, PyroOptim
 from torch.distributions import constraints
 
 from wakesleep.trainer import loop, schedule
+from wakesleep.trainer.arguments import sparsity_settings
 from wakesleep.trainer.backend import GenerativeWeights
 from wakesleep.trainer.datasets import BinaryDataset
 from wakesleep.trainer.outputs import atomic_write_bytes
@@ -152,7 +154,9 @@ class HelmholtzTrainer:
         args = self._args
         machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
         machine = machine.to(self._device)
-        objective = schedule.objective(args.algorithm, args.particles, losses)
+        objective = schedule.objective(
+            args.algorithm, args.particles, losses, sparsity_settings(args)
+        )
         svi = SVI(machine.model, machine.guide, _optimiser(args), objective)
         return machine, svi, objective
 
@@ -296,6 +300,22 @@ class HelmholtzTrainer:
 
     def sample(self, num_samples: int, key: None) -> np.ndarray:
         return self._machine.sample(num_samples).cpu().numpy()
+
+    def mean_activation(self, images: np.ndarray, key: None) -> float:
+        """The guide run once on ``images``; its units' probabilities of being on, averaged.
+
+        The upper layers' draws come from a fork of torch's generators (``fork_rng``), so
+        the samples and diagnostics drawn afterwards are those of a run without it.
+        """
+        depth = len(self._machine.hidden)
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            trace = poutine.trace(self._machine.guide).get_trace(self._images(images))
+            probs = [
+                trace.nodes[f"h{layer}"]["fn"].mean.reshape(len(images), -1)
+                for layer in range(1, depth + 1)
+            ]
+        return float(torch.cat(probs, dim=-1).double().mean())
 
     def acceptance_rate(self, rows: np.ndarray, key: None) -> float:
         """One JSA transition sweep from the chains of training rows ``rows``, on a copy of

@@ -20,6 +20,7 @@ import pytest
 import wakesleep.trainer.outputs as outputs
 from wakesleep.trainer.arguments import (
     DATASET_DEFAULTS,
+    DEFAULT_SPARSITY_WEIGHT,
     build_parser,
     layers_type,
     parse_train_args,
@@ -200,6 +201,15 @@ GOOD = ("--dataset", "bars", "--algorithm", "rws")
         _train(*GOOD, "--seed", "x"),
         _train(*GOOD, "--num-samples", "0"),
         _train(*GOOD, "--device", "tpu"),
+        _train(*GOOD, "--sparsity", "0"),
+        _train(*GOOD, "--sparsity", "1"),
+        _train(*GOOD, "--sparsity", "-0.1"),
+        _train(*GOOD, "--sparsity", "nan"),
+        _train(*GOOD, "--sparsity", "sparse"),
+        _train(*GOOD, "--sparsity", "0.05", "--sparsity-weight", "-1"),
+        _train(*GOOD, "--sparsity", "0.05", "--sparsity-weight", "inf"),
+        _train(*GOOD, "--sparsity", "0.05", "--sparsity-weight", "nan"),
+        _train(*GOOD, "--sparsity-weight", "2"),  # no --sparsity
         _train(*GOOD, "--unknown-flag"),
         _train("--dataset", "mnist", "--algorithm", "rws"),
         _train("--dataset", "bars", "--algorithm", "vi"),
@@ -216,6 +226,72 @@ def test_bad_flags_are_argparse_errors(argv, capsys):
         parse_train_args("pyro_wakesleep", argv)
     assert info.value.code == 2
     assert "usage: python -m pyro_wakesleep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparsity_flags_parse_to_a_target_and_a_weight(backend):
+    plain = parse_train_args(backend, _train(*GOOD))
+    assert plain.sparsity is None and plain.sparsity_weight is None
+    assert run_settings(plain)["sparsity"] is None
+    default = parse_train_args(backend, _train(*GOOD, "--sparsity", "0.05"))
+    assert (default.sparsity, default.sparsity_weight) == (0.05, DEFAULT_SPARSITY_WEIGHT) == (
+        0.05, 1.0
+    )  # fmt: skip
+    weighted = parse_train_args(
+        backend, _train(*GOOD, "--sparsity", "0.2", "--sparsity-weight", "0")
+    )  # weight 0: no penalty, the mean activation still reported
+    assert run_settings(weighted)["sparsity"] == {"target": 0.2, "weight": 0.0}
+
+
+def test_sparsity_weight_without_sparsity_says_what_to_do(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_train_args("numpyro_wakesleep", _train(*GOOD, "--sparsity-weight", "2"))
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("python -m numpyro_wakesleep train: error: --sparsity-weight needs ")
+    assert "--sparsity 0.05" in last
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--sparsity", "1.5"), "strictly between 0 and 1"),
+        (("--sparsity", "0.1", "--sparsity-weight", "-2"), "expected a finite number >= 0"),
+    ],
+)
+def test_sparsity_errors_name_the_flag_and_the_range(flags, says, capsys):
+    with pytest.raises(SystemExit):
+        parse_train_args("pyro_wakesleep", _train(*GOOD, *flags))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: argument --sparsity" in last and says in last
+
+
+def test_resume_compares_the_sparsity_settings():
+    sparse = parse_train_args("pyro_wakesleep", _train(*GOOD, "--sparsity", "0.05"))
+    saved = json.loads(json.dumps(run_settings(sparse)))
+    assert saved["sparsity"] == {"target": 0.05, "weight": 1.0}
+    check_resume(saved, sparse)
+    plain = parse_train_args("pyro_wakesleep", _train(*GOOD))
+    with pytest.raises(SystemExit, match="sparsity: checkpoint {'target': 0.05, 'weight': 1.0} "
+                       "vs now None"):  # fmt: skip
+        check_resume(saved, plain)
+    heavier = parse_train_args(
+        "pyro_wakesleep", _train(*GOOD, "--sparsity", "0.05", "--sparsity-weight", "4")
+    )
+    with pytest.raises(SystemExit, match="'weight': 4.0"):
+        check_resume(saved, heavier)
+    # a checkpoint of an earlier release has no "sparsity": it resumes a run without one
+    earlier = {k: v for k, v in run_settings(plain).items() if k != "sparsity"}
+    check_resume(earlier, plain)
+    with pytest.raises(SystemExit, match="sparsity: checkpoint None vs now"):
+        check_resume(earlier, sparse)
+
+
+def test_resolve_defaults_refuses_a_sparsity_weight_alone():
+    args = build_parser("pyro_wakesleep").parse_args(_train(*GOOD))
+    args.sparsity_weight = 2.0
+    with pytest.raises(ValueError, match="--sparsity-weight needs --sparsity"):
+        resolve_defaults(args)
 
 
 def test_layer_error_message_names_the_bad_entry(capsys):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wakesleep.contract import Sparsity
+from wakesleep.trainer.arguments import ALGORITHMS
 from wakesleep.trainer.evaluation import nll_method, train_nll_images
 from wakesleep.trainer.schedule import (
     best_restart,
@@ -73,9 +75,14 @@ def test_rws_is_the_wake_phase_guide_update_ws_the_classic_algorithm_jsa_keeps_c
         def JointStochasticApproximation(**kwargs):  # noqa: N802
             return ("jsa", kwargs)
 
-    assert objective("rws", 7, Losses) == ("rws", {"num_particles": 7, "insomnia": 1.0})
-    assert objective("ws", 3, Losses) == ("ws", {"num_particles": 3})
-    assert objective("jsa", 5, Losses) == ("jsa", {"num_particles": 5})
+    none = {"sparsity": None}  # no penalty without --sparsity
+    assert objective("rws", 7, Losses) == ("rws", {"num_particles": 7, "insomnia": 1.0, **none})
+    assert objective("ws", 3, Losses) == ("ws", {"num_particles": 3, **none})
+    assert objective("jsa", 5, Losses) == ("jsa", {"num_particles": 5, **none})
+    # --sparsity T --sparsity-weight W: Sparsity(T, W) on every hidden layer, any algorithm
+    for algorithm in ALGORITHMS:
+        _, kwargs = objective(algorithm, 2, Losses, {"target": 0.1, "weight": 3.0})
+        assert kwargs["sparsity"] == Sparsity(0.1, 3.0, None)
     with pytest.raises(ValueError, match="ws, rws, jsa"):
         objective("vi", 5, Losses)
     # only jsa passes index= and draws its mini-batches without replacement
@@ -89,3 +96,19 @@ def test_both_backends_build_jsa_from_their_own_losses(backend):
     losses = importlib.import_module(f"{backend}.losses")
     loss = objective("jsa", 4, losses)
     assert type(loss).__name__ == "JointStochasticApproximation" and loss.num_particles == 4
+
+
+def test_guide_mean_activation_weighs_every_image_once_across_batches():
+    from wakesleep.trainer.evaluation import EVALUATION_BATCH, guide_mean_activation
+    from wakesleep.trainer.runs import CtrlC
+
+    class Backend:  # stands in for a trainer backend: "activation" = the images' mean
+        def split_key(self, key, num):
+            return [None] * num
+
+        def mean_activation(self, images, key):
+            return float(np.mean(images))
+
+    images = np.random.default_rng(0).random((2 * EVALUATION_BATCH + 37, 5))  # a short last batch
+    value = guide_mean_activation(Backend(), images, None, CtrlC())
+    assert value == pytest.approx(images.mean(), rel=1e-12)

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def test_writes_every_output(finished, algorithm):
     # an untrained bars machine is far from the 3.43-bit source: KL is large but finite
     assert 0.0 < on_disk["kl_bits"] < 64 and on_disk["train_nll_nats"] > 0
     assert on_disk == json.loads(json.dumps(metrics))
+    assert on_disk["sparsity"] is None and 0.0 < on_disk["mean_activation"] < 1.0
     diagnostics = json.loads((folder / "diagnostics.json").read_text())
     assert diagnostics["num_datapoints"] == 500 and diagnostics["num_samples"] == 1000
     assert 0.0 <= diagnostics["fraction_khat_above_0.7"] <= diagnostics["fraction_khat_above_0.5"]
@@ -201,8 +203,9 @@ def test_jsa_resumes_with_its_chains_to_where_an_uninterrupted_run_ends(
     same_run(*finished_jsa, tmp_path, resumed)
 
 
-def _trainer(tmp_path: Path, algorithm: str) -> HelmholtzTrainer:
-    argv = ["train", "--dataset", "bars", "--algorithm", algorithm, *TINY, "--out", str(tmp_path)]
+def _trainer(tmp_path: Path, algorithm: str, *extra: str) -> HelmholtzTrainer:
+    argv = ["train", "--dataset", "bars", "--algorithm", algorithm, *TINY, *extra,
+            "--out", str(tmp_path)]  # fmt: skip
     trainer = HelmholtzTrainer()
     trainer.build(parse_train_args("numpyro_wakesleep", argv), load_dataset("bars"))
     return trainer
@@ -323,6 +326,78 @@ def test_resume_needs_a_checkpoint_with_the_same_settings(finished, tmp_path):
     with pytest.raises(SystemExit, match="algorithm: checkpoint 'rws' vs now 'ws'"):
         run(folder, "--resume", algorithm="ws")
     assert (folder / CHECKPOINT).read_bytes() == before
+
+
+# -- --sparsity ------------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])
+def test_the_sparsity_flags_reach_the_objective(tmp_path, algorithm):
+    assert _trainer(tmp_path, algorithm)._svi.loss.sparsity is None
+    sparse = _trainer(tmp_path, algorithm, "--sparsity", "0.1", "--sparsity-weight", "2.5")
+    assert (sparse._svi.loss.sparsity.target, sparse._svi.loss.sparsity.weight) == (0.1, 2.5)
+    assert sparse._svi.loss.sparsity.sites is None  # every hidden layer
+    default_weight = _trainer(tmp_path, algorithm, "--sparsity", "0.2")._svi.loss.sparsity
+    assert (default_weight.target, default_weight.weight) == (0.2, 1.0)
+
+
+def test_mean_activation_is_the_guides_first_layer_probability_averaged(tmp_path):
+    trainer = _trainer(tmp_path, "rws", "--layers", "5")
+    trainer.start()
+    images = load_dataset("bars").train[:30]
+    params = trainer._params
+    logits = images @ np.asarray(params["helmholtz_recognition.0.weight"]).T + np.asarray(
+        params["helmholtz_recognition.0.bias"]
+    )
+    expected = float(np.mean(1.0 / (1.0 + np.exp(-logits))))
+    assert trainer.mean_activation(images, random.PRNGKey(1)) == pytest.approx(expected, 1e-5)
+
+
+@pytest.mark.slow
+def test_mean_activation_of_two_layers_counts_every_unit_once(tmp_path):
+    trainer = _trainer(tmp_path, "rws", "--layers", "6,2")
+    trainer.start()
+    images = load_dataset("bars").train[:20]
+    value = trainer.mean_activation(images, random.PRNGKey(3))
+    assert value == trainer.mean_activation(images, random.PRNGKey(3))  # the key decides
+    assert 0.0 < value < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])
+def test_a_strong_sparsity_penalty_lowers_the_mean_activation(tmp_path, algorithm):
+    short = ["--steps", "150", "--restarts", "1", "--lr", "0.03", "--lr-decay", "1"]
+    free = run(tmp_path / "free", *short, algorithm=algorithm)
+    sparse = run(tmp_path / "sparse", *short, "--sparsity", "0.02", "--sparsity-weight", "20",
+                 algorithm=algorithm)  # fmt: skip
+    assert free["sparsity"] is None
+    assert sparse["sparsity"] == {"target": 0.02, "weight": 20.0}
+    assert sparse["mean_activation"] < 0.1 < free["mean_activation"]
+    on_disk = json.loads((tmp_path / "sparse" / "metrics.json").read_text())
+    assert on_disk["mean_activation"] == sparse["mean_activation"]
+    assert load_checkpoint(tmp_path / "sparse")["run"]["sparsity"] == sparse["sparsity"]
+
+
+@pytest.mark.slow
+def test_a_sparse_run_resumes_to_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, capsys):
+    sparse = ("--sparsity", "0.1", "--sparsity-weight", "3")
+    straight = run(tmp_path / "straight", *sparse)
+    monkeypatch.setattr(schedule, "MIN_CHECKPOINT_INTERVAL", 5)
+    press_ctrl_c_after_first_call(monkeypatch, loop, "save_checkpoint")  # during step 5's save
+    folder = tmp_path / "resumed"
+    assert interrupted(capsys, run, folder, *sparse).startswith("Interrupted at step 6;")
+    monkeypatch.undo()
+    before = (folder / CHECKPOINT).read_bytes()
+    for other, says in [
+        ((), "sparsity: checkpoint {'target': 0.1, 'weight': 3.0} vs now None"),
+        (("--sparsity", "0.1"), "vs now {'target': 0.1, 'weight': 1.0}"),
+        (("--sparsity", "0.2", "--sparsity-weight", "3"), "vs now {'target': 0.2, 'weight': 3.0}"),
+    ]:
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            run(folder, "--resume", *other)
+    assert (folder / CHECKPOINT).read_bytes() == before
+    resumed = run(folder, "--resume", *sparse)
+    same_run(tmp_path / "straight", straight, folder, resumed)
+    assert straight["mean_activation"] == resumed["mean_activation"]
+    assert resumed["sparsity"] == {"target": 0.1, "weight": 3.0}
 
 
 class RunsCode:

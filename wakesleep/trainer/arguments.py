@@ -5,7 +5,8 @@
     python -m pyro_wakesleep train --dataset bars|digits|mnist5k --algorithm ws|rws|jsa \\
         [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
         [--lr-decay D] [--init default|sparse] [--restarts R] \\
-        [--seed S] [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
+        [--sparsity TARGET [--sparsity-weight W]] [--seed S] \\
+        [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
     python -m numpyro_wakesleep train ...
 
 ``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised images,
@@ -18,6 +19,12 @@ depends on the data set (``--layers``, ``--particles``, ``--steps``, ``--batch-s
 ``--lr``, ``--lr-decay``, ``--init``, ``--restarts``) parse to ``None`` when absent;
 :func:`resolve_defaults` fills them from :data:`DATASET_DEFAULTS`. What happens to the data
 and the ``--out`` folder next is :mod:`wakesleep.trainer.runs`.
+
+``--sparsity TARGET`` (with ``--sparsity-weight W``, default 1) adds the sparsity penalty
+of sparse wake-sleep (``docs/design.md`` §7) to the guide's loss of every algorithm:
+:class:`wakesleep.contract.Sparsity` ``(TARGET, W)``, which pulls the guide's mean
+activation of every hidden unit towards ``TARGET`` (:func:`sparsity_settings`). Without
+``--sparsity`` there is no penalty, and ``--sparsity-weight`` alone is an error.
 
 The learning rate of step ``t`` (from 0) is ``lr * lr_decay ** (t / steps)``: Adam's step
 size falls exponentially from ``--lr`` to ``--lr * --lr-decay`` over the run, in both
@@ -39,6 +46,8 @@ __all__ = [
     "DATASET_DEFAULTS",
     "DATA_SET_DEPENDENT",
     "DEFAULT_NUM_SAMPLES",
+    "DEFAULT_SPARSITY_WEIGHT",
+    "SPARSITY_WEIGHT_ALONE",
     "add_train_arguments",
     "build_parser",
     "decay_type",
@@ -46,8 +55,11 @@ __all__ = [
     "non_negative_int",
     "parse_train_args",
     "positive_float",
+    "non_negative_float",
     "positive_int",
+    "probability_type",
     "resolve_defaults",
+    "sparsity_settings",
 ]
 
 #: Data-set-dependent defaults of the ``train`` flags (argparse ``dest`` names).
@@ -99,6 +111,9 @@ ALGORITHMS = ("ws", "rws", "jsa")
 #: ``--num-samples``: images drawn from the trained model into ``samples.npy``.
 DEFAULT_NUM_SAMPLES = 10_000
 
+#: ``--sparsity-weight``: the weight of the sparsity penalty when ``--sparsity`` is given.
+DEFAULT_SPARSITY_WEIGHT = 1.0
+
 #: The flags whose default depends on the data set: those of :data:`DATASET_DEFAULTS`.
 DATA_SET_DEPENDENT = tuple(DATASET_DEFAULTS["bars"])
 
@@ -134,6 +149,30 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ``>= 0``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def probability_type(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (a target mean activation)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected a mean activation strictly between 0 and 1 (e.g. 0.05), got {text!r}"
+        )
     return value
 
 
@@ -243,6 +282,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "continue the one with the lowest training loss (default: per data set)",
     )
     parser.add_argument(
+        "--sparsity",
+        type=probability_type,
+        metavar="TARGET",
+        help="sparse wake-sleep: add weight*N*sum_j KL(Bern(TARGET)||Bern(rho_j)) to the "
+        "guide's loss, where rho_j is the guide's mean activation of hidden unit j over the "
+        "batch; TARGET in (0, 1), e.g. 0.05 (default: no penalty)",
+    )
+    parser.add_argument(
+        "--sparsity-weight",
+        type=non_negative_float,
+        metavar="W",
+        help=f"the weight of the --sparsity penalty, >= 0; needs --sparsity "
+        f"(default: {DEFAULT_SPARSITY_WEIGHT})",
+    )
+    parser.add_argument(
         "--seed", type=non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
     )
     parser.add_argument(
@@ -290,6 +344,7 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
         "samples.png, curve.png and a checkpoint to --out.",
     )
     add_train_arguments(train)
+    parser.train_parser = train  # for errors that no single flag's type can see
     return parser
 
 
@@ -316,7 +371,36 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(resolved, name, None) is None:
             setattr(resolved, name, defaults[name])
     resolved.layers = tuple(resolved.layers)
+    sparsity = getattr(resolved, "sparsity", None)
+    weight = getattr(resolved, "sparsity_weight", None)
+    if sparsity is None and weight is not None:
+        raise ValueError(SPARSITY_WEIGHT_ALONE)
+    resolved.sparsity = sparsity
+    resolved.sparsity_weight = (
+        None if sparsity is None else DEFAULT_SPARSITY_WEIGHT if weight is None else weight
+    )
     return resolved
+
+
+#: Why ``--sparsity-weight`` without ``--sparsity`` is refused, and what to do.
+SPARSITY_WEIGHT_ALONE = (
+    "--sparsity-weight needs --sparsity TARGET, the mean activation the penalty pulls the "
+    "hidden units towards (e.g. --sparsity 0.05 --sparsity-weight 1); without --sparsity "
+    "there is no penalty to weigh"
+)
+
+
+def sparsity_settings(args: argparse.Namespace) -> dict[str, float] | None:
+    """``{"target": TARGET, "weight": W}`` of ``--sparsity`` (``metrics.json`` and the
+    checkpoint record it), or ``None`` when the run has no sparsity penalty."""
+    target = getattr(args, "sparsity", None)
+    if target is None:
+        return None
+    weight = getattr(args, "sparsity_weight", None)
+    return {
+        "target": float(target),
+        "weight": float(DEFAULT_SPARSITY_WEIGHT if weight is None else weight),
+    }
 
 
 def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -325,5 +409,9 @@ def parse_train_args(backend: str, argv: Sequence[str] | None = None) -> argpars
     ``argv=None`` reads ``sys.argv[1:]``. Returns the namespace with defaults resolved
     (:func:`resolve_defaults`). Bad flags print usage and raise ``SystemExit(2)``.
     """
-    args = build_parser(backend).parse_args(None if argv is None else list(argv))
+    parser = build_parser(backend)
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.sparsity is None and args.sparsity_weight is not None:
+        # the train usage and one error: line, status 2, like a bad flag
+        parser.train_parser.error(SPARSITY_WEIGHT_ALONE)
     return resolve_defaults(args)

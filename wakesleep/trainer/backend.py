@@ -127,6 +127,14 @@ class TrainerBackend(Protocol):
         """``num_samples`` images from the generative model, 0/1 of shape ``(S, D)``."""
         ...
 
+    def mean_activation(self, images: np.ndarray, key: Key) -> float:
+        """The guide's probability that a hidden unit is on, averaged over the images and
+        over the units of all hidden layers (each unit counts once); the first layer's
+        probabilities are ``sigmoid`` of the recognition net on the images, each upper
+        layer's those given one guide draw of the layer below. Changes no random state
+        that the other outputs draw from."""
+        ...
+
     def acceptance_rate(self, rows: np.ndarray, key: Key) -> float:
         """``--algorithm jsa`` only: one transition sweep of the independence sampler from
         the chains of the training images ``rows`` (indices), with ``--particles`` fresh

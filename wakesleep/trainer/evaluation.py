@@ -12,6 +12,13 @@ most. The guide's PSIS ``k̂`` (``diagnostics.json``, ``khat.png``) uses
 trained machine accepts, from every training image's chain with ``--particles`` fresh
 proposals of the guide (the run's chains themselves stay as trained). It is near 1 when
 the guide is close to the exact posterior and near 0 when chains stick.
+
+Every run adds ``mean_activation`` (:func:`guide_mean_activation`): the trained guide's
+probability that a hidden unit is on, averaged over the units of all hidden layers and
+over every training image, the quantity that ``--sparsity TARGET`` pulls towards
+``TARGET``. The first layer's probabilities are ``sigmoid`` of the recognition net on the
+image (deterministic); an upper layer's are those given one guide draw of the layers
+below. ``sparsity`` records ``--sparsity`` and ``--sparsity-weight`` (``null`` without).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "IMPORTANCE_TRAIN_IMAGES",
     "chain_acceptance_rate",
     "evaluate",
+    "guide_mean_activation",
     "mean_nll",
     "nll_method",
     "train_nll_images",
@@ -100,6 +108,20 @@ def chain_acceptance_rate(
     return accepted / num_train
 
 
+def guide_mean_activation(
+    backend: TrainerBackend, images: np.ndarray, key: Key, ctrl_c: CtrlC
+) -> float:
+    """The guide's mean probability that a hidden unit is on, over all hidden units and
+    ``images``, :data:`EVALUATION_BATCH` images at a time; a Ctrl-C stops it between batches."""
+    starts = range(0, len(images), EVALUATION_BATCH)
+    total = 0.0
+    for batch_key, start in zip(backend.split_key(key, len(starts)), starts, strict=True):
+        ctrl_c.check(evaluating=True)
+        batch = images[start : start + EVALUATION_BATCH]
+        total += backend.mean_activation(batch, batch_key) * len(batch)
+    return total / len(images)
+
+
 def write_diagnostics(backend: TrainerBackend, images: np.ndarray, out: Path, key: Key) -> None:
     """``diagnostics.json`` and ``khat.png``: PSIS k̂ of the guide on test images."""
     try:
@@ -143,6 +165,10 @@ def evaluate(
     metrics = run_metrics(
         backend.name, args, seconds, train_nll, test_nll, nll_method(exact), bars_kl
     )
+    # its own key, split from the diagnostics' key: the draws of the other outputs stay
+    # those of earlier releases
+    activation_key = backend.split_key(diagnostics_key, 1)[0]
+    metrics["mean_activation"] = guide_mean_activation(backend, data.train, activation_key, ctrl_c)
     if chains:
         metrics["acceptance_rate"] = chain_acceptance_rate(
             backend, len(data.train), keys[4], ctrl_c

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
+from .arguments import sparsity_settings
 
 __all__ = [
     "METRICS_KEYS",
@@ -303,6 +304,7 @@ def run_metrics(
         "test_nll_nats": float(test_nll),
         "nll_method": nll_method,
     }
+    metrics["sparsity"] = sparsity_settings(args)  # {"target", "weight"} or None
     if args.dataset == "bars":
         metrics["kl_bits"] = kl_bits
     return metrics

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from .arguments import DATA_SET_DEPENDENT
+from .arguments import DATA_SET_DEPENDENT, sparsity_settings
 from .datasets import BinaryDataset, load_dataset
 
 __all__ = [
@@ -43,15 +43,21 @@ __all__ = [
 ]
 
 #: The settings a resumed run must share with its checkpoint: all but ``--steps``, which a
-#: run with a constant learning rate may extend.
+#: run with a constant learning rate may extend. ``sparsity`` is ``--sparsity`` and
+#: ``--sparsity-weight`` (:func:`~wakesleep.trainer.arguments.sparsity_settings`): ``None``
+#: without a penalty, so that checkpoints of earlier releases, which lack it, resume as runs
+#: without one.
 RUN_KEYS = (
-    "dataset", "algorithm", *(k for k in DATA_SET_DEPENDENT if k != "steps"), "seed"
+    "dataset", "algorithm", *(k for k in DATA_SET_DEPENDENT if k != "steps"), "seed",
+    "sparsity",
 )  # fmt: skip
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, object]:
     """The settings of ``args`` that a checkpoint records (:data:`RUN_KEYS`), as JSON values."""
-    return {key: _as_json_value(getattr(args, key)) for key in RUN_KEYS}
+    settings = {key: _as_json_value(getattr(args, key)) for key in RUN_KEYS if key != "sparsity"}
+    settings["sparsity"] = sparsity_settings(args)
+    return settings
 
 
 def _as_json_value(value: object) -> object:

@@ -18,10 +18,13 @@ Ctrl-C and the checkpoint's rules are :mod:`wakesleep.trainer.runs`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from wakesleep.contract import Sparsity
 
 __all__ = [
     "MIN_CHECKPOINT_INTERVAL",
@@ -34,20 +37,31 @@ __all__ = [
 ]
 
 
-def objective(algorithm: str, particles: int, losses: ModuleType) -> Any:
+def objective(
+    algorithm: str,
+    particles: int,
+    losses: ModuleType,
+    sparsity: Mapping[str, float] | None = None,
+) -> Any:
     """The loss of ``--algorithm`` from a backend's ``losses`` module (same names in both).
+
+    ``sparsity`` (``{"target": ..., "weight": ...}`` of ``--sparsity`` and
+    ``--sparsity-weight``, :func:`wakesleep.trainer.arguments.sparsity_settings`) adds the
+    penalty of sparse wake-sleep, :class:`wakesleep.contract.Sparsity`, on every hidden
+    layer, to any of the three; ``None`` adds none.
 
     ``rws`` is reweighted wake-sleep with the wake-phase update of the guide only
     (``insomnia=1``, Bornschein & Bengio 2015); ``ws`` is classic wake-sleep; ``jsa`` is
     joint stochastic approximation (Xu & Ou 2016), which keeps one Markov chain per
     training image and so needs the mini-batch's rows (:func:`keeps_chains`).
     """
+    penalty = None if sparsity is None else Sparsity(sparsity["target"], sparsity["weight"])
     if algorithm == "rws":
-        return losses.ReweightedWakeSleep(num_particles=particles, insomnia=1.0)
+        return losses.ReweightedWakeSleep(num_particles=particles, insomnia=1.0, sparsity=penalty)
     if algorithm == "jsa":
-        return losses.JointStochasticApproximation(num_particles=particles)
+        return losses.JointStochasticApproximation(num_particles=particles, sparsity=penalty)
     if algorithm == "ws":
-        return losses.WakeSleep(num_particles=particles)
+        return losses.WakeSleep(num_particles=particles, sparsity=penalty)
     raise ValueError(f"--algorithm must be one of ws, rws, jsa, got {algorithm!r}.")
 
 
