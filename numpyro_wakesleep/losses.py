@@ -154,8 +154,8 @@ class _WakeSleepELBO(ELBO):
 
         ``loss`` is the reported value; ``wake_theta``, ``wake_phi`` and ``sleep_phi`` are the
         surrogate terms that were computed (unweighted by ``insomnia``); ``ess`` is the mean
-        over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``.
-        Evaluations inside a JAX transformation (``SVI.update`` is jitted) leave it
+        over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``;
+        the other keys of :meth:`terms` likewise. Evaluations inside a JAX transformation (``SVI.update`` is jitted) leave it
         unchanged: call :meth:`terms` (jit-able) for those.
         """
         return {name: float(value) for name, value in self._last.items()}
@@ -253,7 +253,9 @@ class _WakeSleepELBO(ELBO):
         Keys: ``loss`` (the reported value), ``wake_theta``, ``wake_phi`` when
         ``insomnia > 0``, ``sleep_phi`` when ``insomnia < 1`` (surrogate values, nats, each a
         scaled sum over datapoints, unweighted by ``insomnia``) and ``ess``, the mean over
-        datapoints of the effective sample size ``1 / Σ_k w̄_k²``.
+        datapoints of the effective sample size ``1 / Σ_k w̄_k²``. With ``sparsity`` set,
+        ``sparsity`` (the penalty) and ``mean_activation``;
+        :class:`JointStochasticApproximation` adds ``acceptance_rate`` and ``chain_age``.
         """
         _, _, terms, extra, _ = self._evaluate(
             rng_key, param_map, model, guide, args, kwargs, "both"

@@ -148,7 +148,8 @@ class _WakeSleepELBO(ELBO):
         ``loss`` is the reported value; ``wake_theta``, ``wake_phi`` and ``sleep_phi`` are the
         surrogate terms that were computed (unweighted by ``insomnia``); ``ess`` is the mean
         over datapoints of the importance-sampling effective sample size ``1 / Σ_k w̄_k²``.
-        :class:`JointStochasticApproximation` adds ``acceptance_rate`` and ``chain_age``.
+        :class:`JointStochasticApproximation` adds ``acceptance_rate`` and ``chain_age``; with
+        ``sparsity`` set, ``sparsity`` (the penalty) and ``mean_activation`` are added.
         Reading it synchronises with the device; the training step itself does not.
         """
         terms = {name: float(t) for name, t in self._last.items() if name != "log_weights"}
