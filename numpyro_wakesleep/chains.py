@@ -125,7 +125,6 @@ def advance_chains(
     kwargs: dict,
     *,
     rng_key: Array,
-    vectorize: bool,
 ) -> tuple[ChainStep, dict]:
     """Score the chains of the mini-batch's datapoints, run the independence sampler through
     the step's proposals and return the step and the chains' new state (pure; jit-able).
@@ -163,7 +162,7 @@ def advance_chains(
     state = _score_particles(
         model, guide, args, kwargs, fixed, state_key[None],
         plate_nesting=wake.plate_nesting, keep_dims=frozenset({frame.dim}),
-        data_scale=wake.data_scale, vectorize=vectorize,
+        data_scale=wake.data_scale, vectorize=wake.vectorized,
     )  # fmt: skip
     log_p = jnp.concatenate([jnp.broadcast_to(state.log_p, (1, *wake.log_p.shape[1:])), wake.log_p])
     log_q = jnp.concatenate([jnp.broadcast_to(state.log_q, (1, *wake.log_q.shape[1:])), wake.log_q])

@@ -749,7 +749,7 @@ class JointStochasticApproximation(_WakeSleepELBO):
             chains = empty_chains(wake)
         step, chains = advance_chains(
             jax.lax.stop_gradient(chains), wake, model, guide, args, kwargs,
-            rng_key=rng_key, vectorize=self.vectorize_particles,
+            rng_key=rng_key,
         )  # fmt: skip
         terms: dict[str, Array] = {}
         if phase != "guide":

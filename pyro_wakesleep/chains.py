@@ -200,11 +200,11 @@ def advance_chains(
     replay_trace = Trace()
     for name in sites:
         site = wake.guide_trace.nodes[name]
-        value = _restore(states[name], axis, site["value"], not wake.particle_guide_traces)
+        value = _restore(states[name], axis, site["value"], wake.vectorized)
         replay_trace.add_node(name, **{**site, "value": value})
     for name, site in mini_batch(wake.guide_trace, wake.model_trace).nodes.items():
         replay_trace.add_node(name, **site)
-    if wake.particle_guide_traces:
+    if not wake.vectorized:
         model_trace, guide_trace = run_guide_and_model(
             model, guide, args, kwargs, mini_batch=replay_trace
         )
@@ -218,7 +218,7 @@ def advance_chains(
         keep = frozenset({frame.dim, -(plate_nesting + 1)})
         ndim = plate_nesting + 1
     log_p_state, log_q_state = _reduce(model_trace, guide_trace, keep, ndim, wake.data_scale)
-    if not wake.particle_guide_traces:
+    if wake.vectorized:
         log_p_state, log_q_state = log_p_state.squeeze(0), log_q_state.squeeze(0)
     log_p = torch.cat([log_p_state.expand(wake.log_p.shape[1:]).unsqueeze(0), wake.log_p])
     log_q = torch.cat([log_q_state.expand(wake.log_q.shape[1:]).unsqueeze(0), wake.log_q])

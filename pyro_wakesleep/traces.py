@@ -333,11 +333,16 @@ class ImportanceTraces:
         log_weights = self.log_weights
         return log_weights.reshape((len(log_weights), *self.per_datapoint(log_weights[0]).shape))
 
+    @property
+    def vectorized(self) -> bool:
+        """Whether the particles ran as a plate (one trace) rather than one at a time."""
+        return not self.particle_guide_traces
+
     @cached_property
     def particle_values(self) -> dict[str, Tensor]:
         """Every guide site's value in every particle, ``(K, *plate dims, *event)``, with all
         ``plate_nesting`` plate dimensions present (of size 1 where the site is not in the plate)."""
-        if not self.particle_guide_traces:  # vectorised: the particle dim is already there
+        if self.vectorized:  # the particle dim is already there
             return {name: site["value"] for name, site in sample_sites(self.guide_trace)}
         values: dict[str, list[Tensor]] = {}
         for trace in self.particle_guide_traces:
@@ -495,7 +500,7 @@ def path_log_weights(
             replayed.add_node(name, **site)
         for name, site in sample_sites(wake.guide_trace):
             replayed.add_node(name, **{**site, "value": values[name]})
-        if wake.particle_guide_traces:  # one particle per run
+        if not wake.vectorized:  # one particle per run
             runs, ndim, dims = (model, guide), wake.plate_nesting, keep
         else:
             plate = particle_plate(PARTICLE_PLATE, len(wake.log_p), wake.plate_nesting)
@@ -503,7 +508,7 @@ def path_log_weights(
             ndim, dims = wake.plate_nesting + 1, keep | {-(wake.plate_nesting + 1)}
         model_trace, guide_trace = run_guide_and_model(*runs, args, kwargs, replayed, detach=False)
         pairs.append(_reduce(model_trace, guide_trace, dims, ndim, wake.data_scale))
-    if wake.particle_guide_traces:
+    if not wake.vectorized:
         log_p = torch.stack([p for p, _ in pairs])
         log_q = torch.stack([q for _, q in pairs])
     else:
@@ -536,7 +541,7 @@ def mean_activations(wake: ImportanceTraces, sites: Iterable[str]) -> dict[str, 
     event dims of the site."""
     guide_traces = wake.particle_guide_traces or (wake.guide_trace,)
     ndim = wake.plate_nesting
-    vectorised = 0 if wake.particle_guide_traces else 1  # the particle dim is a batch dim
+    vectorised = int(wake.vectorized)  # the particle dim is a batch dim
     means = {}
     for name in sites:
         stacked = []

@@ -95,7 +95,7 @@ SIGNATURE_DIFFERENCES = {
     ("chains", "ChainStep"): "under jit an out-of-range index cannot raise: NumPyro's step "
     "says whether it is valid",
     ("chains", "advance_chains"): "Pyro checks indices on request (a host sync) and draws "
-    "from torch's global generator; NumPyro takes a key and vmaps or maps the replay",
+    "from torch's global generator; NumPyro takes a key",
 }
 
 
