@@ -4,11 +4,15 @@ Generative (top-down)::
 
     h_L ~ Bernoulli(sigmoid(b_L))
     h_l | h_{l+1} ~ Bernoulli(sigmoid(W_l h_{l+1} + b_l))      l = L-1 .. 1
-    x | h_1 ~ Bernoulli(sigmoid(W_0 h_1 + b_0))
+    x | h_1 ~ Bernoulli(sigmoid(W_0 h_1 + b_0))             visible="bernoulli" (binary data)
+    x | h_1 ~ Normal(W_0 h_1 + b_0, exp(s))                 visible="gaussian" (real-valued data)
 
 Recognition (bottom-up)::
 
     h_1 | x ~ Bernoulli(sigmoid(V_1 x + c_1)),  h_l | h_{l-1} ~ Bernoulli(sigmoid(V_l h_{l-1} + c_l))
+
+:meth:`HelmholtzMachine.features` is the recognition net as a feature extractor (``docs/design.md``
+§9): the probabilities that the hidden units are on, every layer, bottom first.
 
 ``model`` and ``guide`` are ordinary NumPyro programs over a ``(batch, D)`` array
 ``x``; any objective of this package trains them. Batch dimensions are read
@@ -18,8 +22,9 @@ as :func:`wakesleep.trainer.initialisation.helmholtz_inits` says (``init="defaul
 
 Parameter values live outside the machine (in the SVI state), so the helpers that read
 them take the constrained parameter dictionary, ``svi.get_params(state)``:
-:meth:`HelmholtzMachine.generative_weights` for :mod:`wakesleep.trainer.exact` and
-:meth:`HelmholtzMachine.sample` for images drawn from the generative model.
+:meth:`HelmholtzMachine.generative_weights` and :meth:`HelmholtzMachine.visible_scale` for
+:mod:`wakesleep.trainer.exact`, :meth:`HelmholtzMachine.sample` for datapoints drawn from the
+generative model and :meth:`HelmholtzMachine.features` for the recognition net's features.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ def _draw(start: Uniform, shape: tuple[int, ...]) -> Callable[[Array], Array]:
 class HelmholtzMachine:
     """A sigmoid belief net ``p(x, h_1..h_L)`` with a bottom-up recognition net ``q(h|x)``.
 
-    :param num_visible: ``D``, the number of binary visible units.
+    :param num_visible: ``D``, the number of visible units.
     :param hidden: sizes of the hidden layers from the bottom (nearest ``x``) to the top,
         e.g. ``(8, 1)`` for the bars network of Hinton et al. (1995): 16-8-1.
     :param name: prefix of the parameter names. Model and guide use disjoint names
@@ -84,6 +89,9 @@ class HelmholtzMachine:
         alternating schedule touches only its own parameters.
     :param init: how parameters start, ``"default"`` or ``"sparse"``
         (:mod:`wakesleep.trainer.initialisation`).
+    :param visible: ``"bernoulli"`` for binary data; ``"gaussian"`` for real-valued data
+        (standardise it): each visible unit is normal with a mean from the layer above and
+        a learned scale, ``{name}_generative.visible_log_scale``, starting at 1.
     """
 
     def __init__(
@@ -92,12 +100,15 @@ class HelmholtzMachine:
         hidden: Sequence[int],
         name: str = "helmholtz",
         init: str = "default",
+        visible: str = "bernoulli",
     ) -> None:
-        inits = helmholtz_inits(num_visible, hidden, init)  # checks the sizes and init
+        # checks the sizes, init and visible
+        inits = helmholtz_inits(num_visible, hidden, init, visible)
         self.num_visible = num_visible
         self.hidden = tuple(int(h) for h in hidden)
         self.name = name
         self.init = init
+        self.visible = visible
         self._sizes = (num_visible, *self.hidden)
         self._inits = inits
 
@@ -147,9 +158,16 @@ class HelmholtzMachine:
                     f"generative.layers.{layer}", sizes[layer + 1], sizes[layer], h
                 )
                 if layer == 0:
-                    numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                    numpyro.sample("x", self._visible_distribution(logits), obs=x)
                 else:
                     h = numpyro.sample(f"h{layer}", _Bernoulli(logits).to_event(1))
+
+    def _visible_distribution(self, out: Array) -> dist.Distribution:
+        """``p(x | h_1)`` from the bottom layer's output: logits or means."""
+        if self.visible == "gaussian":
+            log_scale = self._param("generative.visible_log_scale", (self.num_visible,))
+            return dist.Normal(out, jnp.exp(log_scale)).to_event(1)
+        return dist.Bernoulli(logits=out).to_event(1)
 
     def guide(
         self, x: Array, num_data: int | None = None, index: Array | None = None
@@ -175,31 +193,67 @@ class HelmholtzMachine:
         :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
         :raises KeyError: naming a generative parameter that ``params`` lacks.
         """
-        prefix = f"{self.name}_generative"
 
-        def as_numpy(name: str, shape: tuple[int, ...]) -> np.ndarray:
-            if name not in params:
-                raise KeyError(
-                    f"params has no {name!r}: pass the parameters of this machine (name "
-                    f"{self.name!r}), e.g. svi.get_params(state)."
-                )
-            value = np.asarray(params[name], dtype=np.float64)
-            if value.shape != shape:
-                raise ValueError(f"params[{name!r}] has shape {value.shape}, expected {shape}.")
-            return value
+        def as_numpy(relative: str, shape: tuple[int, ...]) -> np.ndarray:
+            return np.asarray(self._checked(params, relative, shape), dtype=np.float64)
 
         sizes = self._sizes
         layers = [
             (
-                as_numpy(f"{prefix}.layers.{i}.weight", (sizes[i], sizes[i + 1])),
-                as_numpy(f"{prefix}.layers.{i}.bias", (sizes[i],)),
+                as_numpy(f"generative.layers.{i}.weight", (sizes[i], sizes[i + 1])),
+                as_numpy(f"generative.layers.{i}.bias", (sizes[i],)),
             )
             for i in range(len(self.hidden))
         ]
-        return as_numpy(f"{prefix}.top_logits", (sizes[-1],)), layers
+        return as_numpy("generative.top_logits", (sizes[-1],)), layers
+
+    def _checked(self, params: dict[str, Array], relative: str, shape: tuple[int, ...]) -> Array:
+        """``params["{name}_{relative}"]``, with a clear error when it is missing or not of
+        ``shape``."""
+        name = f"{self.name}_{relative}"
+        if name not in params:
+            raise KeyError(
+                f"params has no {name!r}: pass the parameters of this machine (name "
+                f"{self.name!r}), e.g. svi.get_params(state)."
+            )
+        value = params[name]
+        if tuple(np.shape(value)) != shape:
+            raise ValueError(f"params[{name!r}] has shape {np.shape(value)}, expected {shape}.")
+        return value
+
+    def visible_scale(self, params: dict[str, Array]) -> np.ndarray | None:
+        """The Gaussian visible units' standard deviations as float64 NumPy, shape ``(D,)``:
+        ``helmholtz_log_marginal(x, *machine.generative_weights(params), visible_scale=...)``;
+        ``None`` for Bernoulli visible units.
+
+        :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
+        """
+        if self.visible != "gaussian":
+            return None
+        log_scale = self._checked(params, "generative.visible_log_scale", (self.num_visible,))
+        return np.exp(np.asarray(log_scale, dtype=np.float64))
+
+    def features(self, params: dict[str, Array], x: Array) -> Array:
+        """The recognition net's features of ``x``: the probabilities that the hidden units
+        are on, every hidden layer, bottom first, shape ``(*batch, sum(hidden))``.
+
+        Layer 1's are exactly ``q(h_1 = 1 | x) = sigmoid(V_1 x + c_1)``. An upper layer's are
+        computed from the probabilities of the layer below in place of its binary states,
+        ``sigmoid(V_l p_{l-1} + c_l)`` (a deterministic mean-field pass): the usual way to
+        read a recognition net as a feature extractor, with no sampling noise. Jitted once
+        per machine and shape.
+
+        :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
+        :raises KeyError: naming a recognition parameter that ``params`` lacks.
+        """
+        sizes = self._sizes
+        for layer in range(len(self.hidden)):
+            self._checked(params, f"recognition.{layer}.weight", (sizes[layer + 1], sizes[layer]))
+            self._checked(params, f"recognition.{layer}.bias", (sizes[layer + 1],))
+        return _features(self, params, jnp.asarray(x))
 
     def sample(self, params: dict[str, Array], rng_key: Array, num_samples: int) -> Array:
-        """``num_samples`` images ``x ~ p_θ(x)`` drawn by running the model with ``x`` released.
+        """``num_samples`` datapoints ``x ~ p_θ(x)`` drawn by running the model with ``x`` released.
 
         The model runs once on a blank ``(num_samples, D)`` batch under
         ``handlers.uncondition`` (``x`` is then sampled, not observed), with ``params``
@@ -207,7 +261,8 @@ class HelmholtzMachine:
         and ``num_samples``).
 
         :param params: constrained parameter values by name, e.g. ``svi.get_params(state)``.
-        :returns: a ``uint8`` array of 0/1 of shape ``(num_samples, D)``.
+        :returns: shape ``(num_samples, D)``: ``uint8`` 0/1 images for Bernoulli visible units,
+            floats for Gaussian ones.
         """
         if (
             isinstance(num_samples, bool)
@@ -222,8 +277,22 @@ class HelmholtzMachine:
 def _draw_images(
     machine: HelmholtzMachine, params: dict[str, Array], rng_key: Array, num_samples: int
 ) -> Array:
-    """The model run once, jitted, on a blank batch with ``x`` released; ``x`` as ``uint8``."""
+    """The model run once, jitted, on a blank batch with ``x`` released; binary ``x`` as
+    ``uint8``."""
     blank = jnp.zeros((num_samples, machine.num_visible))
     program = handlers.uncondition(handlers.substitute(machine.model, data=params))
     model_trace = handlers.trace(handlers.seed(program, rng_key)).get_trace(blank)
-    return model_trace["x"]["value"].astype(jnp.uint8)
+    value = model_trace["x"]["value"]
+    return value if machine.visible == "gaussian" else value.astype(jnp.uint8)
+
+
+@partial(jax.jit, static_argnums=0)
+def _features(machine: HelmholtzMachine, params: dict[str, Array], x: Array) -> Array:
+    """The mean-field pass of :meth:`HelmholtzMachine.features`, jitted."""
+    sizes, layers, p = machine._sizes, [], x
+    with handlers.substitute(data=params):
+        for layer in range(1, len(sizes)):
+            fan_in, fan_out = sizes[layer - 1], sizes[layer]
+            p = jax.nn.sigmoid(machine._linear(f"recognition.{layer - 1}", fan_in, fan_out, p))
+            layers.append(p)
+    return jnp.concatenate(layers, axis=-1)

@@ -8,7 +8,8 @@ A Helmholtz machine's generative model (Hinton, Dayan, Frey & Neal 1995, *Scienc
     p(h_L) = \\prod_j \\mathrm{Bern}(h_{L,j}; \\sigma(b_{L,j})),\\qquad
     p(h_l \\mid h_{l+1}) = \\prod_j \\mathrm{Bern}(h_{l,j}; \\sigma(W_l h_{l+1} + b_l)_j),
 
-for ``l = L-1, ..., 0`` with ``h_0 = x``. With ``a = W_l h_{l+1} + b_l`` and
+for ``l = L-1, ..., 0`` with ``h_0 = x`` (or, for Gaussian visible units,
+``p(x | h_1) = ∏_d N(x_d; (W_0 h_1 + b_0)_d, s_d²)``). With ``a = W_l h_{l+1} + b_l`` and
 ``log σ(a) − log σ(−a) = a``, one layer's log-probability is
 
 .. math::
@@ -86,12 +87,19 @@ def _log_marginal_below(
     weight: np.ndarray,
     bias: np.ndarray,
     targets: np.ndarray,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """``log Σ_u p(u) p(target | u)`` for every row of ``targets``.
 
     ``upper_configs`` (U, in) are all configurations ``u`` of the layer above with
-    log-probabilities ``upper_log_prob`` (U,); ``targets`` (R, out) are binary rows of the
-    layer below. Blocks keep every intermediate under :data:`BLOCK_ELEMENTS` values.
+    log-probabilities ``upper_log_prob`` (U,); ``targets`` (R, out) are rows of the layer
+    below. Both kinds of units are exponential families in ``target``,
+    ``log p(t | u) = t·η(u) − A(u) + log h(t)``, so every pair ``(row, u)`` is one matrix
+    product plus offsets: Bernoulli units (``scale=None``) have ``η = a`` (the logits
+    ``a = W u + b``), ``A = Σ softplus(a)``, ``h = 1``; Gaussian units of standard deviation
+    ``scale`` have ``η = a / s²``, ``A = Σ a² / 2s²`` and
+    ``log h(t) = −Σ t² / 2s² − Σ log s − (D/2) log 2π``. Blocks keep every intermediate
+    under :data:`BLOCK_ELEMENTS` values.
     """
     num_upper, num_out = len(upper_configs), weight.shape[0]
     # a column of ones folds the per-configuration offset into the matrix product
@@ -100,13 +108,24 @@ def _log_marginal_below(
     upper_block = max(1, min(num_upper, BLOCK_ELEMENTS // (num_out + 1)))
     for u0 in range(0, num_upper, upper_block):
         logits = upper_configs[u0 : u0 + upper_block] @ weight.T + bias  # (u, out)
-        offset = upper_log_prob[u0 : u0 + upper_block] - _softplus(logits).sum(axis=1)  # (u,)
-        logits_1 = np.concatenate([logits, offset[:, None]], axis=1)  # (u, out + 1)
-        row_block = max(1, BLOCK_ELEMENTS // len(logits_1))
+        if scale is None:
+            natural, log_partition = logits, _softplus(logits).sum(axis=1)
+        else:
+            natural = logits / scale**2
+            log_partition = 0.5 * (logits * natural).sum(axis=1)
+        offset = upper_log_prob[u0 : u0 + upper_block] - log_partition  # (u,)
+        natural_1 = np.concatenate([natural, offset[:, None]], axis=1)  # (u, out + 1)
+        row_block = max(1, BLOCK_ELEMENTS // len(natural_1))
         for r0 in range(0, len(targets), row_block):
-            joint = targets_1[r0 : r0 + row_block] @ logits_1.T  # (r, u): log p(u) p(row | u)
+            joint = targets_1[r0 : r0 + row_block] @ natural_1.T  # (r, u): log p(u) p(row | u) − log h
             rows = slice(r0, r0 + row_block)
             result[rows] = np.logaddexp(result[rows], _logsumexp_rows_(joint))
+    if scale is not None:
+        result += (
+            -0.5 * (targets**2 / scale**2).sum(axis=1)
+            - np.log(scale).sum()
+            - 0.5 * num_out * np.log(2.0 * np.pi)
+        )
     return result
 
 
@@ -161,6 +180,8 @@ def helmholtz_log_marginal(
     top_logits: np.ndarray,
     layers: Sequence[_Layer],
     max_hidden_bits: int = MAX_HIDDEN_BITS,
+    *,
+    visible_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact ``log p(x)`` in nats of a Helmholtz machine's generative model, per row of ``x``.
 
@@ -172,15 +193,21 @@ def helmholtz_log_marginal(
     by enumerating every configuration of every hidden layer (see the module docstring
     for the layer-by-layer scheme and its cost).
 
-    :param x: binary data, shape ``(N, D)`` (or ``(D,)`` for one row).
+    :param x: the data, shape ``(N, D)`` (or ``(D,)`` for one row): 0/1 for Bernoulli visible
+        units, real numbers for Gaussian ones.
     :param top_logits: logits of the top layer's prior, shape ``(n_L,)``.
     :param layers: ``layers[i] = (weight, bias)`` mapping ``h_{i+1}`` to the logits of
         ``h_i``, with ``h_0 = x``; ``weight`` has shape ``(n_i, n_{i+1})`` as in
         ``torch.nn.Linear`` and ``layers[-1]`` reads the top layer.
     :param max_hidden_bits: refuse machines with more hidden units than this in total.
+    :param visible_scale: ``None`` for Bernoulli visible units (``layers[0]`` gives their
+        logits); for Gaussian visible units (``visible="gaussian"``) the standard deviation
+        of each unit, shape ``(D,)``, and ``layers[0]`` gives their means. ``log p(x)`` is
+        then a log-density: nats per datapoint, not a log-probability.
     :returns: float64 array of shape ``x.shape[:-1]``.
     :raises ValueError: when ``Σ_l n_l > max_hidden_bits``, for shapes that do not chain,
-        or for ``x`` that is not 0/1.
+        for Bernoulli ``x`` that is not 0/1, Gaussian ``x`` that is not finite, or a
+        ``visible_scale`` that is not positive and of shape ``(D,)``.
     """
     top, checked = _as_layers(top_logits, layers)
     hidden = [w.shape[1] for w, _ in checked]
@@ -198,8 +225,22 @@ def helmholtz_log_marginal(
             f"x must have shape (N, {num_visible}) or ({num_visible},) for this machine, got "
             f"{data.shape}."
         )
-    if not np.all((data == 0) | (data == 1)):
-        raise ValueError("x must be binary (0/1) for the exact marginal of a sigmoid belief net.")
+    if visible_scale is None:
+        if not np.all((data == 0) | (data == 1)):
+            raise ValueError(
+                "x must be binary (0/1) for the exact marginal of a sigmoid belief net with "
+                "Bernoulli visible units; pass visible_scale for Gaussian ones."
+            )
+        scale = None
+    else:
+        scale = np.asarray(visible_scale, dtype=np.float64)
+        if scale.shape != (num_visible,) or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(
+                f"visible_scale must hold {num_visible} positive, finite standard deviations, "
+                f"got shape {scale.shape}."
+            )
+        if not np.all(np.isfinite(data)):
+            raise ValueError("x must be finite for Gaussian visible units.")
     # repeated rows (bars has 30 distinct images) are computed once
     data, inverse = np.unique(data.reshape(-1, num_visible), axis=0, return_inverse=True)
 
@@ -211,7 +252,7 @@ def helmholtz_log_marginal(
         log_prob = _log_marginal_below(configs, log_prob, weight, bias, below)
         configs = below
     weight, bias = checked[0]
-    log_marginal = _log_marginal_below(configs, log_prob, weight, bias, data)
+    log_marginal = _log_marginal_below(configs, log_prob, weight, bias, data, scale)
     return log_marginal[inverse.reshape(-1)].reshape(batch_shape)
 
 

@@ -6,7 +6,10 @@ generator. Parameter names are relative to the machine's prefix, in ``torch.nn.L
 layout: ``generative.top_logits``, ``generative.layers.{i}.weight`` (maps ``h_{i+1}`` to
 the logits of ``h_i``, ``h_0 = x``), ``generative.layers.{i}.bias``,
 ``recognition.{i}.weight`` (maps ``h_i`` to the logits of ``h_{i+1}``) and
-``recognition.{i}.bias``.
+``recognition.{i}.bias``; a machine with Gaussian visible units (``visible="gaussian"``)
+also has ``generative.visible_log_scale``, the log standard deviation of each visible unit,
+which starts at 0 (unit scale: standardise the data) and ``generative.layers.0`` then gives
+the visible units' means.
 
 ``"default"``
     ``torch.nn.Linear``'s start: weights and biases uniform in ``±1/sqrt(fan_in)``; the top
@@ -28,10 +31,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["INITS", "Uniform", "helmholtz_inits"]
+__all__ = ["INITS", "VISIBLE_UNITS", "Uniform", "helmholtz_inits"]
 
 #: The names ``HelmholtzMachine(..., init=...)`` accepts.
 INITS: tuple[str, ...] = ("default", "sparse")
+#: The names ``HelmholtzMachine(..., visible=...)`` accepts: binary or real-valued data.
+VISIBLE_UNITS: tuple[str, ...] = ("bernoulli", "gaussian")
 
 _SPARSE_SCALE = 0.1
 _SPARSE_VISIBLE_LOGIT = -2.0
@@ -49,13 +54,16 @@ class Uniform:
 
 
 def helmholtz_inits(
-    num_visible: int, hidden: Sequence[int], init: str = "default"
+    num_visible: int, hidden: Sequence[int], init: str = "default", visible: str = "bernoulli"
 ) -> dict[str, Uniform]:
     """The starting distribution of every parameter of a ``num_visible``-``hidden`` machine.
 
     :param init: one of :data:`INITS`.
+    :param visible: one of :data:`VISIBLE_UNITS`.
     :returns: ``{relative parameter name: Uniform}``, every parameter of the machine once.
-    :raises ValueError: for sizes below 1, no hidden layer, or an unknown ``init``.
+    :raises ValueError: for sizes below 1, no hidden layer, an unknown ``init`` or
+        ``visible``, or ``init="sparse"`` with Gaussian visible units (the sparse start is
+        for binary images of parts).
     """
     hidden = tuple(hidden)
     if num_visible < 1 or not hidden or any(h < 1 for h in hidden):
@@ -65,6 +73,15 @@ def helmholtz_inits(
         )
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}.")
+    if visible not in VISIBLE_UNITS:
+        raise ValueError(
+            f"visible must be one of {', '.join(map(repr, VISIBLE_UNITS))}, got {visible!r}."
+        )
+    if visible == "gaussian" and init == "sparse":
+        raise ValueError(
+            "init='sparse' starts binary pixels mostly off, which means nothing for Gaussian "
+            "visible units: use init='default' with visible='gaussian'."
+        )
     sizes = (int(num_visible), *(int(h) for h in hidden))
     depth = len(sizes) - 1
     inits: dict[str, Uniform] = {}
@@ -77,6 +94,8 @@ def helmholtz_inits(
             ):
                 bound = 1.0 / math.sqrt(fan_in)
                 inits[f"{prefix}.weight"] = inits[f"{prefix}.bias"] = Uniform(-bound, bound)
+        if visible == "gaussian":  # drawn last: the other parameters start as without it
+            inits["generative.visible_log_scale"] = Uniform(0.0, 0.0)
         return inits
     small = Uniform(-_SPARSE_SCALE, _SPARSE_SCALE)
     inits["generative.top_logits"] = small
