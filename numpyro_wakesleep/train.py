@@ -51,7 +51,7 @@ from numpyro.infer.svi import SVIState
 from wakesleep.trainer import loop, schedule
 from wakesleep.trainer.arguments import sparsity_settings
 from wakesleep.trainer.backend import GenerativeWeights
-from wakesleep.trainer.datasets import BinaryDataset
+from wakesleep.trainer.datasets import Dataset
 from wakesleep.trainer.outputs import atomic_write_bytes
 from wakesleep.trainer.runs import UnreadableCheckpoint
 
@@ -169,14 +169,16 @@ class HelmholtzTrainer:
             yield
 
     # -- training ---------------------------------------------------------------------------
-    def build(self, args: argparse.Namespace, data: BinaryDataset) -> None:
+    def build(self, args: argparse.Namespace, data: Dataset) -> None:
         # uncommitted arrays on the default device: committing only some inputs of the
         # jitted step would make its second call compile again
         self._train_x = jnp.asarray(data.train, dtype=jnp.float32)
         self._num_data = len(self._train_x)
         self._first_batch = self._train_x[: args.batch_size]  # traces init's shapes
         self._init_key, self._batch_key, self._eval_key = random.split(random.PRNGKey(args.seed), 3)
-        self._machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
+        self._machine = HelmholtzMachine(
+            self._train_x.shape[-1], args.layers, init=args.init, visible=data.visible
+        )
         objective = schedule.objective(
             args.algorithm, args.particles, losses, sparsity_settings(args)
         )
@@ -341,8 +343,15 @@ class HelmholtzTrainer:
         )  # fmt: skip
         return np.asarray(log_weights, dtype=np.float64)
 
+    def visible_scale(self) -> np.ndarray | None:
+        return self._machine.visible_scale(self._params)
+
     def sample(self, num_samples: int, key: Array) -> np.ndarray:
         return np.asarray(self._machine.sample(self._params, key, num_samples))
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        x = jnp.asarray(images, dtype=jnp.float32)
+        return np.asarray(self._machine.features(self._params, x), dtype=np.float64)
 
     def mean_activation(self, images: np.ndarray, key: Array) -> float:
         """The guide run once on ``images`` (seeded by ``key``, jitted); its units'

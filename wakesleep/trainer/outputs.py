@@ -1,7 +1,8 @@
 """The trainer's output files (``docs/design.md`` §3), written atomically.
 
 ``--out DIR`` receives ``metrics.json``, ``samples.npy``, ``samples.png``,
-``curve.png``, ``diagnostics.json`` and ``khat.png`` (the checkpoint is the backend's).
+``curve.png``, ``diagnostics.json``, ``khat.png`` and, for labelled data sets,
+``features.json`` (the checkpoint is the backend's).
 Every file is first written to a temporary file in the same folder, flushed to disk and
 then renamed over the target (:func:`os.replace` is atomic on POSIX and Windows), so a
 crash or a full disk never leaves a half-written file behind: a reader sees the old file
@@ -34,6 +35,7 @@ __all__ = [
     "save_diagnostics",
     "run_metrics",
     "save_samples",
+    "save_vector_samples",
     "summary_line",
     "write_json",
     "write_metrics",
@@ -199,6 +201,31 @@ def save_samples(
     np.save(buffer, array, allow_pickle=False)
     npy_path = atomic_write_bytes(out / "samples.npy", buffer.getvalue())
     png = plots.samples_png(array[:MAX_GRID_IMAGES], (shape[0], shape[1]))
+    return npy_path, atomic_write_bytes(out / "samples.png", png)
+
+
+def save_vector_samples(
+    out_dir: PathLike, samples: np.ndarray, reference: np.ndarray
+) -> tuple[Path, Path]:
+    """Write real-valued ``samples`` (Gaussian visible units) as ``samples.npy`` (``float32``,
+    ``(S, D)``) and ``samples.png`` (each coordinate's histogram against ``reference``, the
+    training data) to ``out_dir``; the ``.npy`` first, so it survives a missing Matplotlib.
+
+    :raises ValueError: for a shape other than ``(S, D)`` with ``S >= 1`` and ``D`` the
+        reference's, or values that are not finite.
+    """
+    array = np.asarray(samples, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != reference.shape[1]:
+        raise ValueError(
+            f"samples must have shape (S, {reference.shape[1]}) with S >= 1, got {array.shape}."
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError("samples must be finite.")
+    out = Path(out_dir)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    npy_path = atomic_write_bytes(out / "samples.npy", buffer.getvalue())
+    png = plots.marginals_png(array, np.asarray(reference, dtype=np.float32))
     return npy_path, atomic_write_bytes(out / "samples.png", png)
 
 

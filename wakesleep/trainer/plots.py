@@ -1,5 +1,8 @@
 """The trainer's plots as PNG bytes: ``samples.png``, ``curve.png`` and ``khat.png``.
 
+``samples.png`` is a grid of images for image data and histograms of each coordinate
+against the training data's for real-valued vectors (``vowels``).
+
 Plots use Matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
 ``FigureCanvasAgg``), imported only when a plot is drawn. No display is needed and the
 user's global Matplotlib backend (``pyplot``) is left untouched. Writing the bytes to
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["curve_png", "image_grid", "khat_png", "samples_png"]
+__all__ = ["curve_png", "image_grid", "khat_png", "marginals_png", "samples_png"]
 
 
 def _agg_figure(width: float, height: float) -> Any:
@@ -63,6 +66,28 @@ def samples_png(images: np.ndarray, image_shape: tuple[int, int]) -> bytes:
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     axes.set_axis_off()
+    return _png(figure)
+
+
+def marginals_png(samples: np.ndarray, reference: np.ndarray) -> bytes:
+    """Real-valued ``samples`` (n, D) against ``reference`` data (m, D), one histogram per
+    coordinate (at most 16, the first): where the model's marginals miss the data's."""
+    shown = min(samples.shape[1], 16)
+    columns = min(shown, 4)
+    rows = math.ceil(shown / columns)
+    figure = _agg_figure(2.4 * columns, 1.9 * rows)
+    for d in range(shown):
+        axes = figure.add_subplot(rows, columns, d + 1)
+        both = np.concatenate([samples[:, d], reference[:, d]])
+        bins = np.linspace(*np.percentile(both, [0.5, 99.5]), 30)
+        axes.hist(reference[:, d], bins=bins, density=True, color="0.7", label="data")
+        axes.hist(samples[:, d], bins=bins, density=True, histtype="step", color="tab:blue",
+                  label="model")  # fmt: skip
+        axes.set_title(f"x[{d}]", fontsize=8)
+        axes.tick_params(labelsize=6)
+        axes.set_yticks([])
+    figure.axes[0].legend(fontsize=6)
+    figure.tight_layout()
     return _png(figure)
 
 

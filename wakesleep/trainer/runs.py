@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from .arguments import DATA_SET_DEPENDENT, sparsity_settings
-from .datasets import BinaryDataset, load_dataset
+from .datasets import Dataset, load_dataset
 
 __all__ = [
     "RUN_KEYS",
@@ -77,11 +77,11 @@ def check_resume(saved: dict[str, object], args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --resume with other settings than the checkpoint ({details}).")
 
 
-def load_data(args: argparse.Namespace) -> BinaryDataset:
+def load_data(args: argparse.Namespace) -> Dataset:
     """The data set of default-resolved ``args``, checked before anything is created.
 
-    :class:`~wakesleep.trainer.datasets.BinaryDataset` holds only 0/1 pixels, so the data are
-    finite and binary before any training. A file that is missing, unreadable, not 2-D or
+    :class:`~wakesleep.trainer.datasets.Dataset` checks its arrays (0/1 pixels, or finite
+    real values), so the data are sound before any training. A file that is missing, unreadable, not 2-D or
     not 0/1 (NaN and inf named with their rows), a missing optional dependency, or a
     ``--batch-size`` larger than the training set exits with a one-line ``error:`` that says
     what to do.
@@ -91,6 +91,11 @@ def load_data(args: argparse.Namespace) -> BinaryDataset:
         data = load_dataset(args.dataset, seed=args.seed, path=args.data_file)
     except (ValueError, ImportError) as error:
         raise SystemExit(f"error: {source}: {error}") from None
+    if data.visible == "gaussian" and args.init == "sparse":
+        raise SystemExit(
+            f"error: --init sparse is for binary images, and {source} is real-valued "
+            f"(Gaussian visible units): use --init default."
+        )
     if args.batch_size > len(data.train):
         raise SystemExit(
             f"error: --batch-size {args.batch_size} is more than the {len(data.train)} "
