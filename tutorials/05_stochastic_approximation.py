@@ -708,10 +708,10 @@ for k in PARTICLE_COUNTS:
 # results for one small machine, one learning rate and 6,000 steps. As $K$ grows, RWS's
 # bias shrinks and JSA's advantage goes with it, as at $K = 10$.
 #
-# A JSA step costs a little more than an RWS step with the same $K$ (on the shared
-# two-core CPU that ran this notebook): 0.68 against
-# 0.57 ms at $K = 1$, 0.73 against 0.61 at $K = 2$, 1.09 against 0.95 at $K = 10$, about
-# 15–20 % more. The extra work is scoring the chain's state (one more evaluation of model
+# A JSA step costs about what an RWS step with the same $K$ costs at small $K$, and
+# about 20 % more at $K = 10$ (on the shared two-core CPU that ran this notebook: 0.60
+# against 0.62 ms at $K = 1$, 0.61 against 0.56 at $K = 2$, 1.09 against 0.90 at
+# $K = 10$; such timings move by 10–20 % from run to run). The extra work is scoring the chain's state (one more evaluation of model
 # and guide per datapoint), the sampler and the update of the chains. The chains also
 # take memory: one latent configuration per training image (here 1,500 × 16 values),
 # carried in the SVI state.
@@ -728,7 +728,7 @@ for k in PARTICLE_COUNTS:
 # * Pyro: the same class for `pyro.infer.SVI`; the chains live on the loss
 #   (`loss.state_dict()` for checkpoints), the diagnostics in `loss.last_terms`.
 # * On the digits (64-16 machine, 6,000 steps, 3 seeds), JSA beats RWS clearly at $K = 1$
-#   and $K = 2$ and ties at $K = 10$, for 15–20 % more time per step.
+#   and $K = 2$ and ties at $K = 10$, for up to about 20 % more time per step.
 
 # %%
 print(f"whole notebook: {time.perf_counter() - START:.0f} s")

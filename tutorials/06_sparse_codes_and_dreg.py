@@ -618,8 +618,8 @@ plt.show()
 # to decay the learning rate, and wait.
 #
 # The price is time: DReG differentiates the log-weights through the samples, an extra pass
-# through model and guide. In the printout its step costs about three times the score
-# estimator's on this tiny model (2.7 times at $K = 2$, 3.2 at $K = 10$; timings from a
+# through model and guide. In the printout its step costs two to four times the score
+# estimator's on this tiny model (1.8 times at $K = 2$, 3.7 at $K = 10$; timings from a
 # shared CPU).
 #
 # ## 3. The same options in Pyro
