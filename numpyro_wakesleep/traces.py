@@ -705,9 +705,10 @@ def split_arguments(tree: Any) -> tuple[tuple, list[Array]]:
     return (treedef, is_array, statics), arrays
 
 
-def join_arguments(structure: tuple, arrays: list[Array]) -> Any:
-    """The inverse of :func:`split_arguments`: the tree with ``arrays`` put back in place."""
+def join_arguments(structure: tuple, leaves: list[Array]) -> Any:
+    """The inverse of :func:`split_arguments`: the tree with the array ``leaves`` put back
+    in place."""
     treedef, is_array, statics = structure
-    supply = iter(arrays)
+    supply = iter(leaves)
     leaves = [next(supply) if a else s for a, s in zip(is_array, statics, strict=True)]
     return jax.tree.unflatten(treedef, leaves)

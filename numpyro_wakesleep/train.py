@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return loop.main(HelmholtzTrainer(), argv)
 
 
+def _no_jit(function: Callable) -> Callable:
+    """``--no-jit``: the function as it is, in place of ``jax.jit``."""
+    return function
+
+
 def _device(name: str) -> jax.Device:
     if name == "cuda":
         try:
@@ -191,23 +196,25 @@ class HelmholtzTrainer:
         else:
             self._init = partial(self._svi.init, num_data=self._num_data)
         self._step_fn = _step_function(self._svi, self._num_data, args.batch_size, self._chains)
-        self._jitted_step = jax.jit(self._step_fn)
+        # --no-jit: every operation dispatched from Python, for debugging (the same numbers)
+        self._jit = _no_jit if getattr(args, "no_jit", False) else jax.jit
+        self._jitted_step = self._jit(self._step_fn)
         self._jitted_acceptance = None
         self._jitted_activation = None
 
     def start(self) -> None:
         # jitted: one compilation instead of one per operation of an eager first trace
-        self._state = jax.jit(self._init)(self._init_key, self._first_batch)
+        self._state = self._jit(self._init)(self._init_key, self._first_batch)
 
     def train_candidates(
         self, restarts: int, steps: int, after_step: Callable[[int], None]
     ) -> np.ndarray:
         """One batched computation: ``init`` and the step are vmapped over keys split from
         the init key and the batch key."""
-        starts = jax.jit(jax.vmap(self._init, in_axes=(0, None)))
+        starts = self._jit(jax.vmap(self._init, in_axes=(0, None)))
         states = starts(random.split(self._init_key, restarts), self._first_batch)
         batch_keys = random.split(self._batch_key, restarts)
-        steps_of_all = jax.jit(jax.vmap(self._step_fn, in_axes=(0, 0, None)))
+        steps_of_all = self._jit(jax.vmap(self._step_fn, in_axes=(0, 0, None)))
         values = []
         for _ in range(steps):
             states, batch_keys, value = steps_of_all(states, batch_keys, self._train_x)

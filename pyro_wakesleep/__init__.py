@@ -8,6 +8,9 @@ Hand an objective to Pyro's own SVI::
 
 from .dreams import DreamRoutingError
 from .losses import (
+    JitJointStochasticApproximation,
+    JitReweightedWakeSleep,
+    JitWakeSleep,
     JointStochasticApproximation,
     NonFiniteDataError,
     NonFiniteLossWarning,
@@ -19,6 +22,9 @@ from .traces import ModelGuideMismatchError
 
 __all__ = [
     "DreamRoutingError",
+    "JitJointStochasticApproximation",
+    "JitReweightedWakeSleep",
+    "JitWakeSleep",
     "JointStochasticApproximation",
     "ModelGuideMismatchError",
     "NonFiniteDataError",

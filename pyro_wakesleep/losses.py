@@ -8,9 +8,13 @@ classes here pick the terms of a step and hand their gradient to Pyro.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
+import pyro
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
@@ -38,17 +42,22 @@ from .traces import (
     ImportanceTraces,
     bernoulli_sites,
     importance_traces,
+    join_arguments,
     mean_activations,
     non_finite_data_of,
     non_finite_observations,
     path_log_weights,
     resolve_plate_nesting,
     sample_sites,
+    split_arguments,
     trace_params,
     vectorization_is_safe,
 )
 
 __all__ = [
+    "JitJointStochasticApproximation",
+    "JitReweightedWakeSleep",
+    "JitWakeSleep",
     "JointStochasticApproximation",
     "NonFiniteDataError",
     "NonFiniteLossWarning",
@@ -176,39 +185,72 @@ class _WakeSleepELBO(ELBO):
         not advance. With Pyro validation enabled a non-finite result raises ``ValueError``.
         """
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, "both")
-        if is_validation_enabled() and not torch.isfinite(loss):
-            _refuse_non_finite_data(wake)
-            raise ValueError(self._diagnose(wake, terms))
+        self._refuse_non_finite(loss, lambda: (wake, terms))
         return loss
 
-    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        """Back-propagate this step's update and return the reported value.
+    def _refuse_non_finite(
+        self,
+        loss: Tensor,
+        diagnosis: Callable[[], tuple[ImportanceTraces, dict[str, Tensor]]],
+    ) -> None:
+        """While validation is on: raise ``ValueError`` (or :class:`NonFiniteDataError`) when
+        ``loss`` is not finite, naming what ``diagnosis``'s traces and terms show."""
+        if is_validation_enabled() and not torch.isfinite(loss):
+            wake, terms = diagnosis()
+            _refuse_non_finite_data(wake)
+            raise ValueError(self._diagnose(wake, terms))
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
+        """Back-propagate this step's update and return the reported value, a 0-dim tensor
+        (``pyro.infer.SVI.step`` turns it into a float; a loop of its own can read it later,
+        so that the step never waits for the device).
 
         With ``alternate`` set, the parameters of the side not updated this step end it with
-        ``grad = None``, so optimisers (Adam's moments included) leave them untouched. A
-        non-finite value warns with :class:`NonFiniteLossWarning`, sets no gradient at all
-        (the step changes nothing) and does not advance the phase.
+        ``grad = None``, so optimisers (Adam's moments included) leave them untouched. While
+        Pyro's validation is enabled (its default) a non-finite value warns with
+        :class:`NonFiniteLossWarning`, sets no gradient at all (the step changes nothing) and
+        does not advance the phase; that check reads the value, a host synchronisation, so
+        with validation off nothing is checked and the step never synchronises.
         """
         phase = self._next_phase
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
-        value = loss.item()
-        if not math.isfinite(value):
-            _clear_grads(wake, trace_params(wake.model_trace) | trace_params(wake.guide_trace))
-            _refuse_non_finite_data(wake)
-            warnings.warn(
-                self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
-                NonFiniteLossWarning,
-                stacklevel=2,
-            )
-            return value
+        params = _Params(
+            frozenset(trace_params(wake.model_trace)), frozenset(trace_params(wake.guide_trace))
+        )
+        if self._skipped_non_finite(loss, params, lambda: (wake, terms)):
+            return loss.detach()
+        return self._backward(loss, phase, params)
+
+    def _skipped_non_finite(
+        self,
+        loss: Tensor,
+        params: _Params,
+        diagnosis: Callable[[], tuple[ImportanceTraces, dict[str, Tensor]]],
+    ) -> bool:
+        """While validation is on: whether ``loss`` is non-finite, in which case every
+        gradient is cleared and the step skipped with a warning (``diagnosis`` gives the
+        traces and terms that the message names)."""
+        if not is_validation_enabled() or torch.isfinite(loss):
+            return False
+        _clear_grads(params.model | params.guide)
+        wake, terms = diagnosis()
+        _refuse_non_finite_data(wake)
+        warnings.warn(
+            self._diagnose(wake, terms) + " The step was skipped: no parameter changes.",
+            NonFiniteLossWarning,
+            stacklevel=3,
+        )
+        return True
+
+    def _backward(self, loss: Tensor, phase: Phase, params: _Params) -> Tensor:
+        """``loss.backward()``; with a phase, the idle side's gradients cleared and the phase
+        advanced. Returns the reported value (``loss``'s value), detached."""
         loss.backward()
         if phase != "both":
-            model_params = trace_params(wake.model_trace)
-            guide_params = trace_params(wake.guide_trace)
-            idle = guide_params - model_params if phase == "model" else model_params - guide_params
-            _clear_grads(wake, idle)
+            idle = params.guide - params.model if phase == "model" else params.model - params.guide
+            _clear_grads(idle)
             self._next_phase = "guide" if phase == "model" else "model"
-        return value
+        return loss.detach()
 
     # -- the step -------------------------------------------------------------------------
     def _get_trace(self, model, guide, args, kwargs):  # pyro.infer.ELBO's abstract hook
@@ -371,12 +413,20 @@ def _check_reparameterisable(wake: ImportanceTraces) -> None:
         raise not_reparameterisable_error(sites)
 
 
-def _clear_grads(wake: ImportanceTraces, names: set[str]) -> None:
+@dataclass(frozen=True)
+class _Params:
+    """The names of the parameters that model and guide read in a step."""
+
+    model: frozenset[str]
+    guide: frozenset[str]
+
+
+def _clear_grads(names: Iterable[str]) -> None:
     """Leave the named parameters' leaf tensors without a gradient, so that optimisers
     (Adam's moments included) skip them this step."""
-    for trace in (wake.model_trace, wake.guide_trace):
-        for name in names & trace_params(trace):
-            trace.nodes[name]["value"].unconstrained().grad = None
+    store = pyro.get_param_store()
+    for name in names:
+        store.get_param(name).unconstrained().grad = None
 
 
 def _refuse_non_finite_data(wake: ImportanceTraces) -> None:
@@ -627,3 +677,246 @@ class JointStochasticApproximation(_WakeSleepELBO):
             )
         extra = {"acceptance_rate": step.acceptance_rate, "chain_age": step.mean_age}
         return terms, list(terms.values()), extra
+
+
+# --------------------------------------------------------------------------- compiled twins
+
+
+@dataclass
+class _Graph:
+    """A step's tensor computation traced into a TorchScript graph (``torch.jit.trace``), for
+    one phase and one layout of the arguments: the parameters' leaf tensors, the arguments'
+    tensors and the objective's state tensors in, the surrogate loss and the terms of
+    :attr:`last_terms` out."""
+
+    compiled: Callable[..., tuple[Tensor, ...]]
+    params: _Params
+    names: tuple[str, ...]
+
+
+class _JitWakeSleepELBO(_WakeSleepELBO):
+    """The compiled twins' machinery, following Pyro's ``JitTrace_ELBO``: the same maths,
+    tracing, dreams and alternation as the eager class, replayed without Python.
+
+    Per phase (``"both"``, ``"model"``, ``"guide"``) and per layout of the arguments (the
+    static values, and each tensor's shape, dtype and device: a traced graph is specialised
+    to them), the first step runs eagerly and learns which parameters model and guide read;
+    the second is traced, ``torch.jit.trace`` of the whole step with the parameters' leaf
+    tensors as inputs, its tracing run being the step itself; later steps run the graph.
+    Random draws are operations of the graph, fresh at every call, in the eager order: a
+    compiled step draws what the eager step would, from the same generator.
+
+    A program whose Python reads a tensor's value -- data-dependent or stochastic control
+    flow, ``.item()``, a tensor in an ``if`` -- cannot be traced: its graph would replay the
+    branch of the tracing run for ever. Tracing refuses it with a ``ValueError`` that says to
+    use the eager class (``ignore_jit_warnings=True`` trusts the program instead). Pyro's
+    validation is off inside the graph; the value is still checked for being finite while
+    validation is enabled (a host synchronisation, as in the eager class).
+    """
+
+    def __init__(
+        self, *args, ignore_jit_warnings: bool = False, jit_options: dict | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.ignore_jit_warnings = ignore_jit_warnings
+        self.jit_options = {"check_trace": False, **(jit_options or {})}
+        self._graphs: dict[tuple, _Graph | _Params] = {}
+
+    def __getstate__(self) -> dict:
+        # graphs cannot be copied or pickled: a copy compiles its own
+        return {**self.__dict__, "_graphs": {}}
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
+        loss, _ = self._compiled_step(model, guide, args, kwargs, "both")
+        self._refuse_non_finite(loss, self._diagnosis(model, guide, args, kwargs, loss))
+        return loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
+        phase = self._next_phase
+        loss, params = self._compiled_step(model, guide, args, kwargs, phase)
+        if self._skipped_non_finite(
+            loss, params, self._diagnosis(model, guide, args, kwargs, loss)
+        ):
+            return loss.detach()
+        return self._backward(loss, phase, params)
+
+    def _diagnosis(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, loss: Tensor
+    ) -> Callable[[], tuple[ImportanceTraces, dict[str, Tensor]]]:
+        """For the message about a non-finite step: a graph keeps no traces, so fresh eager
+        ones (without gradients) show which sites and datapoints are not finite."""
+
+        def traces() -> tuple[ImportanceTraces, dict[str, Tensor]]:
+            with torch.no_grad():
+                return self._wake(model, guide, args, kwargs), {"loss": loss}
+
+        return traces
+
+    # -- what a subclass with state adds ----------------------------------------------------
+    def _state_tensors(self) -> list[Tensor]:
+        """Tensors a step updates in place (JSA's chains): inputs of the graph."""
+        return []
+
+    def _set_state_tensors(self, tensors: list[Tensor]) -> None:
+        pass
+
+    def _can_trace(self) -> bool:
+        """Whether the state is ready to be traced (JSA's chains exist after a first step)."""
+        return True
+
+    # -- the step -------------------------------------------------------------------------
+    def _compiled_step(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, phase: Phase
+    ) -> tuple[Tensor, _Params]:
+        """This step's surrogate loss (its value the reported value) and the parameters that
+        model and guide read; :attr:`_last` set to the step's terms."""
+        self._vectorize(model, guide, args, kwargs)  # eager checks that run the programs
+        structure, tensors = split_arguments((args, kwargs))
+        state = self._state_tensors()
+        key = (
+            phase,
+            model,
+            guide,
+            structure,
+            tuple((tuple(t.shape), t.dtype, t.device) for t in state),
+        )
+        known = self._graphs.get(key)
+        if isinstance(known, _Graph):
+            params = [_leaf(name) for name in sorted(known.params.model | known.params.guide)]
+            loss, *terms = known.compiled(*params, *tensors, *state)
+            self._last = dict(zip(known.names, terms, strict=True))
+            return loss, known.params
+        if known is None or not self._can_trace():
+            # eager: learns the parameters that the graph will take as inputs
+            loss, wake, _ = self._surrogate(model, guide, args, kwargs, phase)
+            params = _Params(
+                frozenset(trace_params(wake.model_trace)),
+                frozenset(trace_params(wake.guide_trace)),
+            )
+            self._graphs[key] = params
+            return loss, params
+        return self._trace(key, known, model, guide, structure, tensors, state, phase)
+
+    def _trace(
+        self,
+        key: tuple,
+        params: _Params,
+        model: Callable,
+        guide: Callable,
+        structure: tuple,
+        tensors: list[Tensor],
+        state: list[Tensor],
+        phase: Phase,
+    ) -> tuple[Tensor, _Params]:
+        """Trace the step into a graph; the tracing run is this step."""
+        names = sorted(params.model | params.guide)
+        num_params, num_tensors = len(names), len(tensors)
+        outputs: dict[str, tuple] = {}
+
+        def step(*inputs: Tensor) -> tuple[Tensor, ...]:
+            # the leaves are the param store's own tensors, so the programs' pyro.param
+            # calls read graph inputs
+            args, kwargs = join_arguments(structure, list(inputs[num_params:][:num_tensors]))
+            self._set_state_tensors(list(inputs[num_params + num_tensors :]))
+            loss, _, _ = self._surrogate(model, guide, args, kwargs, phase)
+            result = (loss, *self._last.values())
+            outputs["names"], outputs["result"] = tuple(self._last), result
+            return result
+
+        leaves = [_leaf(name) for name in names]
+        with pyro.validation_enabled(False), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated")
+            compiled = torch.jit.trace(step, (*leaves, *tensors, *state), **self.jit_options)
+        tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        # Libraries read shapes (the graph is keyed on them); a read in the user's programs
+        # may be of a value
+        problems = [
+            w
+            for w in tracer
+            if str(w.message).startswith(_READS_A_VALUE)
+            and not w.filename.startswith(_LIBRARY_FOLDERS)
+        ]
+        for w in caught:
+            if w not in tracer:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if problems and not self.ignore_jit_warnings:
+            # no graph kept: the next step with this key traces again, and refuses again
+            raise ValueError(_untraceable_message(self._objective, problems))
+        self._graphs[key] = _Graph(compiled, params, outputs["names"])
+        loss, *terms = outputs["result"]
+        self._last = dict(zip(outputs["names"], terms, strict=True))
+        return loss, params
+
+
+#: Where the TracerWarnings of reading a shape come from: torch, Pyro and this package, whose
+#: traced steps read shapes only (validation, which reads values, is off while tracing).
+_LIBRARY_FOLDERS = tuple(
+    str(Path(module.__file__).parent) for module in (torch, pyro, sys.modules[__package__])
+)
+
+
+#: How torch's TracerWarning starts when Python reads a tensor's value (``bool``, ``int``,
+#: ``float``, ``.item()``, indexing); others (a ``torch.tensor`` constant) are harmless here.
+_READS_A_VALUE = "Converting a tensor to a Python"
+
+
+def _leaf(name: str) -> Tensor:
+    """The unconstrained leaf tensor of parameter ``name`` (what optimisers update); the
+    ``pyro.param`` call registers it with an enclosing ``SVI.step``'s parameter capture."""
+    return pyro.param(name).unconstrained()
+
+
+def _untraceable_message(objective: str, problems: list[warnings.WarningMessage]) -> str:
+    where = sorted({f"{w.filename}:{w.lineno}" for w in problems})
+    return (
+        f"Jit{objective} cannot compile this model and guide: their Python reads the value "
+        f"of a tensor ({str(problems[0].message).split(' might')[0]}), at "
+        f"{', '.join(where[:3])}. A compiled graph "
+        f"would replay the branch taken while it was traced (data-dependent or stochastic "
+        f"control flow). Use {objective}, the eager class, for this program; pass "
+        f"ignore_jit_warnings=True only if the value read never changes between steps."
+    )
+
+
+class JitReweightedWakeSleep(_JitWakeSleepELBO, ReweightedWakeSleep):
+    """:class:`ReweightedWakeSleep` compiled with ``torch.jit.trace``: the same arguments,
+    values and gradients, far less Python per step (Pyro's ``JitTrace_ELBO`` convention).
+
+    For models of static structure (no Python control flow on tensor values, the same
+    sites every step) whose tensor inputs are passed as arguments (non-tensor arguments
+    are part of the compilation key). The first step of each phase and argument layout
+    runs eagerly, the second traces the graph, later ones replay it; a new batch shape
+    compiles a new graph. See :class:`_JitWakeSleepELBO` for the details.
+
+    :param ignore_jit_warnings: trust a program whose tracing reads a tensor's value
+        (otherwise refused with a ``ValueError``).
+    :param jit_options: passed to ``torch.jit.trace`` (``check_trace`` defaults to False).
+    """
+
+
+class JitWakeSleep(_JitWakeSleepELBO, WakeSleep):
+    """:class:`WakeSleep` compiled with ``torch.jit.trace``; arguments and behaviour as in
+    :class:`JitReweightedWakeSleep`."""
+
+
+class JitJointStochasticApproximation(_JitWakeSleepELBO, JointStochasticApproximation):
+    """:class:`JointStochasticApproximation` compiled with ``torch.jit.trace``; arguments
+    and behaviour as in :class:`JitReweightedWakeSleep`. The chains are inputs of the graph,
+    updated in place: the first step (which creates them) runs eagerly."""
+
+    def _state_tensors(self) -> list[Tensor]:
+        chains = self.chains
+        if chains.seen is None:
+            return []
+        return [*(chains.values[name] for name in sorted(chains.values)), chains.seen, chains.age]
+
+    def _set_state_tensors(self, tensors: list[Tensor]) -> None:
+        if not tensors:
+            return
+        chains = self.chains
+        *values, chains.seen, chains.age = tensors
+        chains.values = dict(zip(sorted(chains.values), values, strict=True))
+
+    def _can_trace(self) -> bool:
+        return self.chains.seen is not None

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
@@ -59,6 +60,7 @@ __all__ = [
     "importance_chunks",
     "importance_traces",
     "is_bernoulli",
+    "join_arguments",
     "log_density",
     "mean_activations",
     "mini_batch",
@@ -76,6 +78,7 @@ __all__ = [
     "side_run",
     "site_log_density",
     "site_nesting",
+    "split_arguments",
     "trace_params",
     "vectorization_is_safe",
     "vectorization_mismatches",
@@ -738,3 +741,58 @@ def importance_chunks(
                 model = poutine.replay(model, trace=same_batch)
                 guide = poutine.replay(guide, trace=same_batch)
         yield wake
+
+
+def split_arguments(tree: Any) -> tuple[tuple, list[Tensor]]:
+    """``(static structure, tensor leaves)`` of ``tree``, the programs' ``(args, kwargs)``.
+
+    Tuples, lists and dicts are walked; tensor leaves become inputs of a compiled step
+    (:class:`~pyro_wakesleep.JitReweightedWakeSleep`), every other leaf (an ``int`` such as a
+    data-set size, a string, ...) stays a Python value in the hashable static structure.
+    The structure also records each tensor's shape, dtype and device: a traced graph is
+    specialised to them, so another shape must compile another graph.
+    """
+    tensors: list[Tensor] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Tensor):
+            tensors.append(node)
+            return (_TENSOR, tuple(node.shape), node.dtype, node.device)
+        if isinstance(node, tuple | list):
+            return (type(node), tuple(walk(item) for item in node))
+        if isinstance(node, dict):
+            return (dict, tuple((key, walk(value)) for key, value in node.items()))
+        return (_STATIC, node)
+
+    structure = walk(tree)
+    try:
+        hash(structure)
+    except TypeError:
+        raise TypeError(
+            "A compiled objective passes tensors to the graph and keys the rest by value, "
+            "but an argument of model and guide is neither a tensor nor hashable: pass "
+            "tensors (or ints, strings, tuples), or use the eager objective."
+        ) from None
+    return structure, tensors
+
+
+def join_arguments(structure: tuple, leaves: list[Tensor]) -> Any:
+    """The inverse of :func:`split_arguments`: the tree with the tensor ``leaves`` put back
+    in place."""
+    supply = iter(leaves)
+
+    def build(node: tuple) -> Any:
+        kind = node[0]
+        if kind == _TENSOR:
+            return next(supply)
+        if kind == _STATIC:
+            return node[1]
+        if kind is dict:
+            return {key: build(value) for key, value in node[1]}
+        return kind(build(item) for item in node[1])
+
+    return build(structure)
+
+
+#: Markers of :func:`split_arguments`' structure.
+_TENSOR, _STATIC = "tensor", "static"

@@ -59,6 +59,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return loop.main(HelmholtzTrainer(), argv)
 
 
+def _svi_step(svi: SVI, *args, **kwargs) -> torch.Tensor:
+    """``svi.step`` with Pyro's validation off, returning the loss as a 0-dim tensor (its
+    float would wait for the device)."""
+    with pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
+        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    svi.optim(params)
+    pyro.infer.util.zero_grads(params)
+    return loss.detach()
+
+
+def _floats(losses: list[torch.Tensor]) -> list[float]:
+    """Losses as floats, fetched from the device at once."""
+    return torch.stack(losses).tolist() if losses else []
+
+
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
@@ -158,8 +174,9 @@ class HelmholtzTrainer:
         )
         machine = machine.to(self._device)
         objective = schedule.objective(
-            args.algorithm, args.particles, losses, sparsity_settings(args)
-        )
+            args.algorithm, args.particles, losses, sparsity_settings(args),
+            compiled=not getattr(args, "no_jit", False),
+        )  # fmt: skip
         svi = SVI(machine.model, machine.guide, _optimiser(args), objective)
         return machine, svi, objective
 
@@ -179,7 +196,7 @@ class HelmholtzTrainer:
             for _ in range(steps):
                 curve.append(self._step(svi))
                 after_step(1)
-            curves.append(curve)
+            curves.append(_floats(curve))
             # with its own chains (jsa), which live on the candidate's loss
             self._candidates.append(copy.deepcopy(self._training_state(svi, objective)))
         return np.asarray(curves, dtype=np.float64)
@@ -188,33 +205,36 @@ class HelmholtzTrainer:
         self.restore(self._candidates[index])
         self._candidates = []
 
-    def _step(self, svi: SVI) -> float:
-        """One step on a mini-batch drawn with the batch generator; the loss per datapoint.
+    def _step(self, svi: SVI) -> torch.Tensor:
+        """One step on a mini-batch drawn with the batch generator; the loss per datapoint,
+        a 0-dim tensor that nothing reads yet, so the step never waits for the device.
 
         ``jsa`` draws the rows without replacement and passes them as ``index``; ``ws`` and
-        ``rws`` draw with replacement and pass none (the draws of earlier releases).
+        ``rws`` draw with replacement and pass none (the draws of earlier releases). Pyro's
+        validation is off: it reads values (host synchronisations) in every step.
         """
         num_data, batch_size = len(self._train_x), self._args.batch_size
         if self._chains:
             index = torch.randperm(num_data, generator=self._batches)[:batch_size]
             index = index.to(self._device)
-            value = svi.step(self._train_x[index], num_data=num_data, index=index) / num_data
+            value = _svi_step(svi, self._train_x[index], num_data=num_data, index=index)
         else:
             index = torch.randint(num_data, (batch_size,), generator=self._batches)
-            value = svi.step(self._train_x[index.to(self._device)], num_data=num_data) / num_data
+            value = _svi_step(svi, self._train_x[index.to(self._device)], num_data=num_data)
         if isinstance(svi.optim, PyroLRScheduler):
             svi.optim.step()  # the next step's learning rate
-        return value
+        return value / num_data
 
     def step(self) -> None:
         self._losses.append(self._step(self._svi))
 
     def take_losses(self) -> list[float]:
         losses, self._losses = self._losses, []
-        return losses
+        return _floats(losses)
 
     def wait(self) -> None:
-        pass  # every step has returned its loss
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _training_state(self, svi: SVI, objective: Any) -> dict[str, Any]:

@@ -155,13 +155,16 @@ def _trainer(tmp_path: Path, algorithm: str, *extra: str) -> HelmholtzTrainer:
 
 
 class RecordingSVI:
-    """Stands in for ``pyro.infer.SVI``: records what a trainer's step passes."""
+    """Stands in for ``pyro.infer.SVI``: records what a trainer's step passes to the loss."""
 
-    optim = None
+    model = guide = None
 
-    def step(self, x, **kwargs):
+    def optim(self, params):
+        pass
+
+    def loss_and_grads(self, model, guide, x, **kwargs):
         self.x, self.kwargs = x, kwargs
-        return 0.0
+        return torch.tensor(0.0)
 
 
 @pytest.mark.parametrize("algorithm", ["ws", "rws", "jsa"])

@@ -6,7 +6,7 @@
         [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
         [--lr-decay D] [--init default|sparse] [--restarts R] \\
         [--sparsity TARGET [--sparsity-weight W]] [--seed S] \\
-        [--device cpu|cuda] [--num-samples 10000] [--resume] --out DIR
+        [--device cpu|cuda] [--no-jit] [--num-samples 10000] [--resume] --out DIR
     python -m numpyro_wakesleep train ...
 
 ``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised images,
@@ -315,6 +315,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)"
+    )
+    parser.add_argument(
+        "--no-jit",
+        action="store_true",
+        help="do not compile the training step: Pyro trains with the eager objective instead "
+        "of its compiled twin (JitReweightedWakeSleep, ...), NumPyro runs the step without "
+        "jax.jit (slow; for debugging). The numbers are the same either way",
     )
     parser.add_argument(
         "--num-samples",

@@ -42,8 +42,12 @@ def objective(
     particles: int,
     losses: ModuleType,
     sparsity: Mapping[str, float] | None = None,
+    compiled: bool = False,
 ) -> Any:
     """The loss of ``--algorithm`` from a backend's ``losses`` module (same names in both).
+
+    ``compiled`` takes the compiled twin (``JitReweightedWakeSleep``, ...) that the Pyro
+    backend has; NumPyro compiles its whole step instead.
 
     ``sparsity`` (``{"target": ..., "weight": ...}`` of ``--sparsity`` and
     ``--sparsity-weight``, :func:`wakesleep.trainer.arguments.sparsity_settings`) adds the
@@ -56,12 +60,17 @@ def objective(
     training image and so needs the mini-batch's rows (:func:`keeps_chains`).
     """
     penalty = None if sparsity is None else Sparsity(sparsity["target"], sparsity["weight"])
+    prefix = "Jit" if compiled else ""
     if algorithm == "rws":
-        return losses.ReweightedWakeSleep(num_particles=particles, insomnia=1.0, sparsity=penalty)
+        return getattr(losses, prefix + "ReweightedWakeSleep")(
+            num_particles=particles, insomnia=1.0, sparsity=penalty
+        )
     if algorithm == "jsa":
-        return losses.JointStochasticApproximation(num_particles=particles, sparsity=penalty)
+        return getattr(losses, prefix + "JointStochasticApproximation")(
+            num_particles=particles, sparsity=penalty
+        )
     if algorithm == "ws":
-        return losses.WakeSleep(num_particles=particles, sparsity=penalty)
+        return getattr(losses, prefix + "WakeSleep")(num_particles=particles, sparsity=penalty)
     raise ValueError(f"--algorithm must be one of ws, rws, jsa, got {algorithm!r}.")
 
 
