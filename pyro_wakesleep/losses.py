@@ -695,24 +695,8 @@ class _Graph:
 
 
 class _JitWakeSleepELBO(_WakeSleepELBO):
-    """The compiled twins' machinery, following Pyro's ``JitTrace_ELBO``: the same maths,
-    tracing, dreams and alternation as the eager class, replayed without Python.
-
-    Per phase (``"both"``, ``"model"``, ``"guide"``) and per layout of the arguments (the
-    static values, and each tensor's shape, dtype and device: a traced graph is specialised
-    to them), the first step runs eagerly and learns which parameters model and guide read;
-    the second is traced, ``torch.jit.trace`` of the whole step with the parameters' leaf
-    tensors as inputs, its tracing run being the step itself; later steps run the graph.
-    Random draws are operations of the graph, fresh at every call, in the eager order: a
-    compiled step draws what the eager step would, from the same generator.
-
-    A program whose Python reads a tensor's value -- data-dependent or stochastic control
-    flow, ``.item()``, a tensor in an ``if`` -- cannot be traced: its graph would replay the
-    branch of the tracing run for ever. Tracing refuses it with a ``ValueError`` that says to
-    use the eager class (``ignore_jit_warnings=True`` trusts the program instead). Pyro's
-    validation is off inside the graph; the value is still checked for being finite while
-    validation is enabled (a host synchronisation, as in the eager class).
-    """
+    """The compiled twins' machinery (:class:`JitReweightedWakeSleep` says what it does):
+    one :class:`_Graph` per phase and argument layout, traced on the second step."""
 
     def __init__(
         self, *args, ignore_jit_warnings: bool = False, jit_options: dict | None = None, **kwargs
@@ -881,13 +865,24 @@ def _untraceable_message(objective: str, problems: list[warnings.WarningMessage]
 
 class JitReweightedWakeSleep(_JitWakeSleepELBO, ReweightedWakeSleep):
     """:class:`ReweightedWakeSleep` compiled with ``torch.jit.trace``: the same arguments,
-    values and gradients, far less Python per step (Pyro's ``JitTrace_ELBO`` convention).
+    draws, values and gradients, far less Python per step (Pyro's ``JitTrace_ELBO``
+    convention).
 
-    For models of static structure (no Python control flow on tensor values, the same
-    sites every step) whose tensor inputs are passed as arguments (non-tensor arguments
-    are part of the compilation key). The first step of each phase and argument layout
-    runs eagerly, the second traces the graph, later ones replay it; a new batch shape
-    compiles a new graph. See :class:`_JitWakeSleepELBO` for the details.
+    For models of static structure (no Python control flow on tensor values, the same sites
+    every step). Tensors that model and guide take are inputs of the graph; other arguments
+    (``num_data=N``) and each tensor's shape, dtype and device are part of the compilation
+    key, so a smaller last mini-batch compiles a graph of its own instead of reusing a wrong
+    one. Per phase and key, the first step runs eagerly (it learns which parameters model and
+    guide read), the second traces the graph (its tracing run is the step), later ones
+    replay it. Random draws are operations of the graph, fresh at every call and in the
+    eager order, so a compiled run draws what an eager run draws from the same seed.
+
+    A program whose Python reads a tensor's value (data-dependent or stochastic control
+    flow, ``.item()``, a tensor in an ``if``) would have its graph replay the branch taken
+    while tracing: tracing refuses it with a ``ValueError`` that names the line and says to
+    use the eager class. Pyro's validation is off inside the graph; the value is still
+    checked for being finite while validation is enabled (a host synchronisation, as in the
+    eager class). Copies (``copy.deepcopy``) and pickles compile their own graphs.
 
     :param ignore_jit_warnings: trust a program whose tracing reads a tensor's value
         (otherwise refused with a ``ValueError``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -154,13 +155,21 @@ def _trainer(tmp_path: Path, algorithm: str, *extra: str) -> HelmholtzTrainer:
     return trainer
 
 
+class NoOptimiser:
+    """An optimiser that changes nothing."""
+
+    def __call__(self, params):
+        pass
+
+    def step(self):
+        pass
+
+
 class RecordingSVI:
     """Stands in for ``pyro.infer.SVI``: records what a trainer's step passes to the loss."""
 
     model = guide = None
-
-    def optim(self, params):
-        pass
+    optim = NoOptimiser()
 
     def loss_and_grads(self, model, guide, x, **kwargs):
         self.x, self.kwargs = x, kwargs
@@ -403,3 +412,69 @@ def test_module_entry_point_rejects_bad_flags():
         text=True,
     )
     assert result.returncode == 2 and "--algorithm" in result.stderr
+
+
+def _optimiser_run(optimiser, steps, resume=None):
+    """Train a small machine with ``optimiser`` for ``steps`` steps, alternating phases (so
+    some steps leave a side's gradients at None); with ``resume = (params, optimiser
+    state)``, from those, as the trainer's --resume does. The final parameters (as the param
+    store's unconstrained state) and the optimiser's state."""
+    import pyro_wakesleep
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    machine = HelmholtzMachine(16, (4, 2))
+    x = (torch.rand(20, 16) < 0.3).float()
+    loss = pyro_wakesleep.ReweightedWakeSleep(num_particles=3, alternate=True)
+    svi = pyro.infer.SVI(machine.model, machine.guide, optimiser, loss)
+    if resume is not None:
+        # a copy: torch's load_state_dict keeps the saved step counters and steps them in place
+        params, saved = copy.deepcopy(resume)
+        pyro.clear_param_store()
+        pyro.get_param_store().set_state(
+            {
+                "params": {k: v.clone().requires_grad_() for k, v in params.items()},
+                "constraints": dict.fromkeys(params, torch.distributions.constraints.real),
+            }
+        )
+        svi.optim.set_state(saved)
+    for _ in range(steps):
+        svi.step(x)
+        if hasattr(svi.optim, "step"):  # a learning-rate schedule
+            svi.optim.step()
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().get_state()["params"].items()}
+    return params, svi.optim.get_state()
+
+
+@pytest.mark.parametrize("decay", [None, 0.1])
+def test_joint_adam_updates_as_pyros_per_parameter_optimisers(decay):
+    from functools import partial
+
+    import pyro.optim
+
+    from pyro_wakesleep.train import JointAdam
+    from wakesleep.trainer.schedule import learning_rate
+
+    lr_lambda = None if decay is None else partial(learning_rate, 1.0, decay, 10)
+
+    def pyros():
+        if lr_lambda is None:
+            return pyro.optim.Adam({"lr": 0.05})
+        return pyro.optim.LambdaLR(
+            {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "lr_lambda": lr_lambda}
+        )
+
+    def joint():
+        return JointAdam(0.05, lr_lambda)
+
+    expected = _optimiser_run(pyros(), 7)
+    got = _optimiser_run(joint(), 7)
+    for name in expected[0]:  # bit for bit
+        assert torch.equal(got[0][name], expected[0][name]), name
+    assert got[1].keys() == expected[1].keys()
+    # the state's layout is PyroOptim's: either's checkpoint continues in the other exactly
+    continued, _ = _optimiser_run(pyros(), 4, resume=expected)
+    for make, saved in ((joint, expected), (pyros, got), (joint, got)):
+        resumed, _ = _optimiser_run(make(), 4, resume=saved)
+        for name in continued:
+            assert torch.equal(resumed[name], continued[name]), (make.__name__, name)
