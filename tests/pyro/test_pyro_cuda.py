@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
+from helpers.torch_devices import DEVICES
 from pyro.infer import SVI
 from torch import Tensor
 from torch.distributions import constraints
@@ -22,16 +23,6 @@ from pyro_wakesleep.helmholtz import HelmholtzMachine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "pyro_seed_0")
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
 LOSSES = [
     pytest.param(lambda: ReweightedWakeSleep(num_particles=8), id="rws"),
     pytest.param(lambda: ReweightedWakeSleep(num_particles=8, insomnia=0.5), id="rws-sleep"),

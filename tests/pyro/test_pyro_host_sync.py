@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import pyro
 import pytest
 import torch
+from helpers.torch_devices import DEVICES
 from torch import Tensor
 
 from pyro_wakesleep import (
@@ -41,16 +42,6 @@ SYNCING = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "n
 WARM_UP = 3
 NUM_DATA = 20
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
 LOSSES = [
     pytest.param(lambda: WakeSleep(num_particles=2), id="ws"),
     pytest.param(lambda: ReweightedWakeSleep(num_particles=4), id="rws"),

@@ -23,6 +23,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
+from helpers.torch_devices import DEVICES
 from pyro.infer import SVI
 from torch import Tensor
 from torch.distributions import constraints
@@ -44,16 +45,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RTOL, ATOL = 1e-6, 1e-7  # float32 round-off; the runs are bit-identical on CPU in practice
 NUM_DATA = 20
 STEPS = 6
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
 
 
 # -- programs ---------------------------------------------------------------------------------
