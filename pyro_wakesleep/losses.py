@@ -214,9 +214,7 @@ class _WakeSleepELBO(ELBO):
         """
         phase = self._next_phase
         loss, wake, terms = self._surrogate(model, guide, args, kwargs, phase)
-        params = _Params(
-            frozenset(trace_params(wake.model_trace)), frozenset(trace_params(wake.guide_trace))
-        )
+        params = _Params.of(wake)
         if self._skipped_non_finite(loss, params, lambda: (wake, terms)):
             return loss.detach()
         return self._backward(loss, phase, params)
@@ -419,6 +417,11 @@ class _Params:
 
     model: frozenset[str]
     guide: frozenset[str]
+
+    @classmethod
+    def of(cls, wake: ImportanceTraces) -> _Params:
+        """Those of the step whose traces ``wake`` holds."""
+        return cls(frozenset(trace_params(wake.model_trace)), frozenset(trace_params(wake.guide_trace)))
 
 
 def _clear_grads(names: Iterable[str]) -> None:
@@ -773,11 +776,7 @@ class _JitWakeSleepELBO(_WakeSleepELBO):
         if known is None or not self._can_trace():
             # eager: learns the parameters that the graph will take as inputs
             loss, wake, _ = self._surrogate(model, guide, args, kwargs, phase)
-            params = _Params(
-                frozenset(trace_params(wake.model_trace)),
-                frozenset(trace_params(wake.guide_trace)),
-            )
-            self._graphs[key] = params
+            params = self._graphs[key] = _Params.of(wake)
             return loss, params
         return self._trace(key, known, model, guide, structure, tensors, state, phase)
 

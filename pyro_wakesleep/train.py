@@ -113,6 +113,7 @@ class JointAdam(PyroOptim):
         self.lr = lr
         self.lr_lambda = lr_lambda
         self._params: dict[str, torch.Tensor] = {}
+        self._by_id: dict[int, torch.Tensor] = {}
         self._optim: torch.optim.Adam | None = None
         self._schedule: torch.optim.lr_scheduler.LambdaLR | None = None
         self._waiting: dict[str, Any] = {}  # set_state's per-name states, before the params
@@ -120,7 +121,8 @@ class JointAdam(PyroOptim):
     def __call__(self, params: Iterable[torch.Tensor]) -> None:
         """An Adam step of ``params`` (unconstrained leaves from the param store)."""
         params = list(params)
-        if self._optim is None or any(p is not self._params.get(_name_of(p)) for p in params):
+        # by identity (the dict holds the tensors, so no id is reused while it is compared)
+        if self._optim is None or any(self._by_id.get(id(p)) is not p for p in params):
             self._build(params)
         self._optim.step()
 
@@ -133,6 +135,7 @@ class JointAdam(PyroOptim):
         """(Re)build the optimiser over the known and new parameters, keeping every state."""
         waiting = {**self.get_state(), **self._waiting}
         self._params.update({_name_of(p): p for p in params})
+        self._by_id = {id(p): p for p in self._params.values()}
         names = sorted(self._params)
         self._optim = torch.optim.Adam([self._params[n] for n in names], lr=self.lr)
         if self.lr_lambda is not None:

@@ -37,12 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from wakesleep.trainer.datasets import Dataset
+from wakesleep.trainer.datasets import DATA_EXTRA_HINT, Dataset, per_row_integers
 
 __all__ = [
     "MAX_ITER",
@@ -62,8 +61,6 @@ MAX_ITER = 1_000
 PROBE_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 PROBE_FOLDS = 3
 
-_DATA_EXTRA_HINT = "pip install 'wakesleep[data]'"
-
 
 def _sklearn() -> Any:
     """The scikit-learn pieces the probe needs, imported on first use."""
@@ -76,7 +73,7 @@ def _sklearn() -> Any:
         from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
     except ImportError as err:
         raise ImportError(
-            f"The linear probe needs scikit-learn, which is not installed: {_DATA_EXTRA_HINT}"
+            f"The linear probe needs scikit-learn, which is not installed: {DATA_EXTRA_HINT}"
         ) from err
     return SimpleNamespace(
         PCA=PCA,
@@ -103,17 +100,6 @@ def _matrix(features: Any, what: str) -> np.ndarray:
     return array
 
 
-def _per_row(values: Any, rows: int, what: str) -> np.ndarray:
-    """``values`` as a 1-D integer array with one entry per row."""
-    array = np.asarray(values)
-    if array.shape != (rows,) or array.dtype.kind not in "iu":
-        raise ValueError(
-            f"{what} must be a 1-D integer array with one entry per row ({rows}), got "
-            f"{array.dtype} of shape {array.shape}."
-        )
-    return array
-
-
 def pool_groups(features: Any, labels: Any, groups: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Average the rows of each group: one example per group (per utterance).
 
@@ -131,10 +117,10 @@ def pool_groups(features: Any, labels: Any, groups: Any = None) -> tuple[np.ndar
         labels (pooling them would hide a labelling error).
     """
     features = _matrix(features, "features")
-    labels = _per_row(labels, len(features), "labels").astype(np.int64)
+    labels = per_row_integers(labels, len(features), "labels").astype(np.int64)
     if groups is None:
         return features, labels
-    groups = _per_row(groups, len(features), "groups")
+    groups = per_row_integers(groups, len(features), "groups")
     ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), features.shape[1]))
     np.add.at(sums, inverse, features)

