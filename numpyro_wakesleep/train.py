@@ -162,11 +162,17 @@ class HelmholtzTrainer:
     name = "numpyro_wakesleep"
     checkpoint = CHECKPOINT
     legacy_checkpoints = (LEGACY_CHECKPOINT,)
+    world_size = 1  # one process on one device, until build finds more
+    processes = 1
+    is_main = True
 
     def __init__(self) -> None:
         self._pending: list[Array] = []  # losses still on the device
         self._candidates: tuple[SVIState, Array] | None = None
         self._state: SVIState | None = None
+
+    def any_process(self, flag: bool) -> bool:
+        return flag
 
     @contextmanager
     def on_device(self, device: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ from .losses import (
     Sparsity,
     WakeSleep,
 )
+from .optim import JointAdam
 from .traces import ModelGuideMismatchError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "JitJointStochasticApproximation",
     "JitReweightedWakeSleep",
     "JitWakeSleep",
+    "JointAdam",
     "JointStochasticApproximation",
     "ModelGuideMismatchError",
     "NonFiniteDataError",

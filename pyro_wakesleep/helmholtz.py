@@ -97,9 +97,7 @@ class HelmholtzMachine(nn.Module):
             index = torch.arange(batch, device=x.device)
         return pyro.plate("data", num_data, subsample=index, dim=-1)
 
-    def model(
-        self, x: Tensor, num_data: int | None = None, index: Tensor | None = None
-    ) -> None:
+    def model(self, x: Tensor, num_data: int | None = None, index: Tensor | None = None) -> None:
         """``p(x, h)``; ``num_data`` (the data-set size) scales a mini-batch ``x`` to the full set,
         and ``index`` (``x``'s rows in the data set) names its datapoints, which
         :class:`~pyro_wakesleep.JointStochasticApproximation` needs to keep their chains."""
@@ -108,10 +106,10 @@ class HelmholtzMachine(nn.Module):
         )
         depth = len(self.hidden)
         with self._plate(x, num_data, index):
-            top = dist.Bernoulli(logits=generative.top_logits).to_event(1)
+            top = dist.Bernoulli(logits=self._per_unit(generative.top_logits)).to_event(1)
             h = pyro.sample(f"h{depth}", top)
             for layer in range(depth - 1, -1, -1):
-                logits = generative.layers[layer](h)
+                logits = self._affine(generative.layers[layer], h)
                 if layer == 0:
                     pyro.sample("x", self._visible_distribution(generative, logits), obs=x)
                 else:
@@ -120,12 +118,11 @@ class HelmholtzMachine(nn.Module):
     def _visible_distribution(self, generative: nn.Module, out: Tensor) -> dist.Distribution:
         """``p(x | h_1)`` from the bottom layer's output: logits or means."""
         if self.visible == "gaussian":
-            return dist.Normal(out, generative.visible_log_scale.exp()).to_event(1)
+            scale = self._per_unit(generative.visible_log_scale).exp()
+            return dist.Normal(out, scale).to_event(1)
         return dist.Bernoulli(logits=out).to_event(1)
 
-    def guide(
-        self, x: Tensor, num_data: int | None = None, index: Tensor | None = None
-    ) -> None:
+    def guide(self, x: Tensor, num_data: int | None = None, index: Tensor | None = None) -> None:
         """``q(h | x)``, bottom-up; the arguments are those of :meth:`model`."""
         recognition = pyro.module(
             f"{self.name}_recognition", self.recognition, update_module_params=True
@@ -133,11 +130,21 @@ class HelmholtzMachine(nn.Module):
         with self._plate(x, num_data, index):
             h = x
             for layer, net in enumerate(recognition, start=1):
-                q = dist.Bernoulli(logits=net(h))
+                q = dist.Bernoulli(logits=self._affine(net, h))
                 # The sampler's probabilities, evaluated now, once per datapoint: after a particle
                 # plate has expanded the distribution the sigmoid would run on every copy.
                 _ = q.probs
                 h = pyro.sample(f"h{layer}", q.to_event(1))
+
+    # Hooks of a stack of machines with a leading parameter dimension (the trainer's
+    # candidates, ``pyro_wakesleep.train``); a single machine uses its parameters as they are.
+    def _affine(self, layer: nn.Linear, h: Tensor) -> Tensor:
+        """``layer(h)``: ``W h + b`` over the last dimension of ``h``."""
+        return layer(h)
+
+    def _per_unit(self, param: Tensor) -> Tensor:
+        """A parameter with one entry per unit of a layer, as the sample sites broadcast it."""
+        return param
 
     def generative_weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """The generative net as float64 NumPy arrays: ``(top_logits, [(weight, bias), ...])``.

@@ -421,7 +421,9 @@ class _Params:
     @classmethod
     def of(cls, wake: ImportanceTraces) -> _Params:
         """Those of the step whose traces ``wake`` holds."""
-        return cls(frozenset(trace_params(wake.model_trace)), frozenset(trace_params(wake.guide_trace)))
+        return cls(
+            frozenset(trace_params(wake.model_trace)), frozenset(trace_params(wake.guide_trace))
+        )
 
 
 def _clear_grads(names: Iterable[str]) -> None:
@@ -874,7 +876,11 @@ class JitReweightedWakeSleep(_JitWakeSleepELBO, ReweightedWakeSleep):
     one. Per phase and key, the first step runs eagerly (it learns which parameters model and
     guide read), the second traces the graph (its tracing run is the step), later ones
     replay it. Random draws are operations of the graph, fresh at every call and in the
-    eager order, so a compiled run draws what an eager run draws from the same seed.
+    eager order, so a compiled run draws what an eager run draws from the same seed, with
+    one caveat: TorchScript's optimiser (from the fourth call of a graph) may hand some
+    graphs' draws out in another order (seen with the trainer's stack of ``--restarts``
+    machines under :class:`WakeSleep`), which changes which numbers each site gets but not
+    their distribution.
 
     A program whose Python reads a tensor's value (data-dependent or stochastic control
     flow, ``.item()``, a tensor in an ``if``) would have its graph replay the branch taken

@@ -24,7 +24,7 @@ import copy
 import io
 import pickle
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
-from pyro.optim import PyroOptim
 from torch.distributions import constraints
 
 from wakesleep.trainer import loop, schedule
@@ -48,6 +47,7 @@ from wakesleep.trainer.runs import UnreadableCheckpoint
 from . import losses
 from .evaluation import importance_log_likelihood, importance_log_weights
 from .helmholtz import HelmholtzMachine
+from .optim import JointAdam
 
 __all__ = ["CHECKPOINT", "HelmholtzTrainer", "main"]
 
@@ -95,105 +95,68 @@ def _optimiser(args: argparse.Namespace) -> JointAdam:
     return JointAdam(args.lr, partial(schedule.learning_rate, 1.0, args.lr_decay, args.steps))
 
 
-class JointAdam(PyroOptim):
-    """Pyro's ``Adam`` (or ``LambdaLR`` of Adam) for ``SVI``, as one torch optimiser.
+class _Candidates(HelmholtzMachine):
+    """Machines of one shape as one Pyro program, for ``--restarts``: every parameter
+    stacked along a new leading dimension, model and guide inside a ``candidates`` plate
+    left of the data plate, each candidate with a mini-batch of its own, ``x`` of shape
+    ``(candidates, batch, D)``.
 
-    ``pyro.optim`` gives every parameter a torch optimiser of its own; a step then calls
-    one optimiser per parameter, which on a small machine costs more than the step's maths
-    (bars: 9 parameters, a millisecond). Here one ``torch.optim.Adam`` (and one ``LambdaLR``)
-    holds every parameter that ``SVI`` passes, ordered by name. Torch's Adam updates each
-    parameter on its own (single-tensor on the CPU), so the updates are those of
-    ``pyro.optim`` bit for bit, and parameters without a gradient are left alone as before.
-    :meth:`get_state` and :meth:`set_state` keep ``PyroOptim``'s layout, one state dict per
-    parameter name, so checkpoints move between the two.
+    The objectives weigh particles per element of every plate that encloses all sample sites
+    (:func:`pyro_wakesleep.traces.data_plates`), so each candidate has its own importance
+    weights; the summed loss's gradient with respect to one candidate's parameters is that
+    candidate's own, and Adam acts element by element: each candidate is updated as it would
+    be alone. Objectives that couple datapoints (chains by row, a batch-wide sparsity
+    penalty) would couple the candidates too; the trainer runs those one by one.
     """
 
-    def __init__(self, lr: float, lr_lambda: Callable[[int], float] | None = None) -> None:
-        super().__init__(torch.optim.Adam, {"lr": lr})  # what SVI checks; unused below
-        self.lr = lr
-        self.lr_lambda = lr_lambda
-        self._params: dict[str, torch.Tensor] = {}
-        self._by_id: dict[int, torch.Tensor] = {}
-        self._optim: torch.optim.Adam | None = None
-        self._schedule: torch.optim.lr_scheduler.LambdaLR | None = None
-        self._waiting: dict[str, Any] = {}  # set_state's per-name states, before the params
+    def __init__(self, machines: Sequence[HelmholtzMachine]) -> None:
+        first = machines[0]
+        with torch.random.fork_rng(devices=[]):  # these draws are replaced by the stack's
+            super().__init__(
+                first.num_visible, first.hidden, name=first.name, init=first.init,
+                visible=first.visible,
+            )  # fmt: skip
+        self.num_candidates = len(machines)
+        for name, _ in list(self.named_parameters()):
+            module, _, leaf = name.rpartition(".")
+            stacked = torch.stack([machine.get_parameter(name).detach() for machine in machines])
+            setattr(self.get_submodule(module), leaf, torch.nn.Parameter(stacked))
 
-    def __call__(self, params: Iterable[torch.Tensor]) -> None:
-        """An Adam step of ``params`` (unconstrained leaves from the param store)."""
-        params = list(params)
-        # by identity (the dict holds the tensors, so no id is reused while it is compared)
-        if self._optim is None or any(self._by_id.get(id(p)) is not p for p in params):
-            self._build(params)
-        self._optim.step()
+    def model(self, x: torch.Tensor, num_data: int | None = None, index: None = None) -> None:
+        with pyro.plate("candidates", self.num_candidates, dim=-2):
+            super().model(x, num_data)
 
-    def step(self) -> None:
-        """The next step's learning rate (a constant rate has nothing to do)."""
-        if self._schedule is not None:
-            self._schedule.step()
+    def guide(self, x: torch.Tensor, num_data: int | None = None, index: None = None) -> None:
+        with pyro.plate("candidates", self.num_candidates, dim=-2):
+            super().guide(x, num_data)
 
-    def _build(self, params: list[torch.Tensor]) -> None:
-        """(Re)build the optimiser over the known and new parameters, keeping every state."""
-        waiting = {**self.get_state(), **self._waiting}
-        self._params.update({_name_of(p): p for p in params})
-        self._by_id = {id(p): p for p in self._params.values()}
-        names = sorted(self._params)
-        self._optim = torch.optim.Adam([self._params[n] for n in names], lr=self.lr)
-        if self.lr_lambda is not None:
-            self._schedule = torch.optim.lr_scheduler.LambdaLR(self._optim, self.lr_lambda)
-        self._waiting = {}
-        states = [waiting.get(name) for name in names]
-        if any(state is not None for state in states):
-            self._load(names, states)
+    def _affine(self, layer: torch.nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        # h: (..., candidates, batch, in); weight: (candidates, out, in)
+        return torch.matmul(h, layer.weight.transpose(-1, -2)) + layer.bias.unsqueeze(-2)
 
-    def get_state(self) -> dict[str, Any]:
-        """``{parameter name: state}`` in ``PyroOptim``'s layout: the state dict of an Adam of
-        that one parameter (under ``"optimizer"``, beside the schedule's under
-        ``"scheduler"``, with a learning-rate schedule)."""
-        if self._optim is None:
-            return dict(self._waiting)
-        joint = self._optim.state_dict()
-        group = {k: v for k, v in joint["param_groups"][0].items() if k != "params"}
-        states = {}
-        for index, name in enumerate(sorted(self._params)):
-            state = {"state": {0: joint["state"][index]} if index in joint["state"] else {},
-                     "param_groups": [{**group, "params": [0]}]}  # fmt: skip
-            if self._schedule is not None:
-                state = {"scheduler": self._schedule.state_dict(), "optimizer": state}
-            states[name] = state
-        return states
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`get_state` (or ``PyroOptim.get_state``): applied now to the
-        parameters already seen, kept for the others until a step passes them."""
-        self._waiting.update(state)
-        if self._optim is not None:
-            self._build(list(self._params.values()))
-
-    def _load(self, names: list[str], states: list[Any]) -> None:
-        optimizers = [
-            None if s is None else s["optimizer"] if self._schedule is not None else s
-            for s in states
-        ]
-        known = next(o for o in optimizers if o is not None)
-        group = {k: v for k, v in known["param_groups"][0].items() if k != "params"}
-        self._optim.load_state_dict(
-            {
-                "state": {
-                    i: o["state"][0]
-                    for i, o in enumerate(optimizers)
-                    if o is not None and 0 in o["state"]
-                },
-                "param_groups": [{**group, "params": list(range(len(names)))}],
-            }
-        )
-        if self._schedule is not None:
-            self._schedule.load_state_dict(
-                next(s for s in states if s is not None)["scheduler"]
-            )
+    def _per_unit(self, param: torch.Tensor) -> torch.Tensor:
+        return param.unsqueeze(-2)  # (candidates, 1, units): broadcast over the batch
 
 
-def _name_of(param: torch.Tensor) -> str:
-    return pyro.get_param_store().param_name(param)
+def _candidate_losses(objective: Any) -> torch.Tensor:
+    """Each candidate's reported value per datapoint in the last step, ``(candidates,)``: the
+    negative bound of its datapoints' importance weights, averaged (a 0-dim tensor per
+    candidate that nothing reads yet)."""
+    return -objective._bound(objective._last["log_weights"]).mean(-1)
+
+
+def _candidate_state(stack: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Candidate ``index``'s training state from that of the stack: its slice of every
+    parameter and of every moment of Adam (step counts and schedules are shared)."""
+
+    def pick(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value[index] if value.dim() > 0 else value
+        if isinstance(value, Mapping):
+            return {key: pick(item) for key, item in value.items()}
+        return value
+
+    return {**stack, "params": pick(stack["params"]), "optim": pick(stack["optim"])}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -239,11 +202,18 @@ class HelmholtzTrainer:
     name = "pyro_wakesleep"
     checkpoint = CHECKPOINT
     legacy_checkpoints: tuple[str, ...] = ()  # same name as before: refused when it is read
+    world_size = 1  # one process on one device, until build finds more
+    processes = 1
+    is_main = True
 
     def __init__(self) -> None:
         self._device = torch.device("cpu")
         self._losses: list[float] = []
-        self._candidates: list[dict[str, Any]] = []
+        # the training state of candidate i, after train_candidates
+        self._candidate: Callable[[int], Mapping[str, Any]] | None = None
+
+    def any_process(self, flag: bool) -> bool:
+        return flag
 
     def on_device(self, device: str) -> AbstractContextManager[None]:
         self._device = _device(device)
@@ -263,17 +233,24 @@ class HelmholtzTrainer:
 
     def _new_machine(self) -> tuple[HelmholtzMachine, SVI, Any]:
         """A machine, its SVI and the SVI's objective (which holds the chains of ``jsa``)."""
+        machine = self._draw_machine()
+        return (machine, *self._new_svi(machine))
+
+    def _draw_machine(self) -> HelmholtzMachine:
+        """A machine whose parameters are drawn from the global generators now."""
         args = self._args
         machine = HelmholtzMachine(
             self._train_x.shape[-1], args.layers, init=args.init, visible=self._visible
         )
-        machine = machine.to(self._device)
+        return machine.to(self._device)
+
+    def _new_svi(self, machine: HelmholtzMachine) -> tuple[SVI, Any]:
+        args = self._args
         objective = schedule.objective(
             args.algorithm, args.particles, losses, sparsity_settings(args),
             compiled=not getattr(args, "no_jit", False),
         )  # fmt: skip
-        svi = SVI(machine.model, machine.guide, _optimiser(args), objective)
-        return machine, svi, objective
+        return SVI(machine.model, machine.guide, _optimiser(args), objective), objective
 
     def start(self) -> None:
         pass  # the machine drew its parameters in build
@@ -281,9 +258,35 @@ class HelmholtzTrainer:
     def train_candidates(
         self, restarts: int, steps: int, after_step: Callable[[int], None]
     ) -> np.ndarray:
-        """Candidates run one after another, each a fresh machine drawn from the global
-        generators; the mini-batches of all come from one generator."""
-        curves, self._candidates = [], []
+        """Candidates, each a fresh machine drawn from the global generators, with mini-batches
+        of their own from the batch generator: one stacked program (:class:`_Candidates`)
+        for ``ws`` and ``rws``; one after another where the objective couples datapoints
+        (``jsa``'s chains are indexed by row, the sparsity penalty averages over the batch)."""
+        if self._chains or self._objective.sparsity is not None:
+            return self._train_one_by_one(restarts, steps, after_step)
+        return self._train_stacked(restarts, steps, after_step)
+
+    def _train_stacked(
+        self, restarts: int, steps: int, after_step: Callable[[int], None]
+    ) -> np.ndarray:
+        pyro.clear_param_store()
+        stack = _Candidates([self._draw_machine() for _ in range(restarts)])
+        svi, objective = self._new_svi(stack)
+        num_data, batch_size = len(self._train_x), self._args.batch_size
+        curve = []
+        for _ in range(steps):
+            index = torch.randint(num_data, (restarts, batch_size), generator=self._batches)
+            _svi_step(svi, self._train_x[index.to(self._device)], num_data=num_data)
+            svi.optim.step()  # the next step's learning rate
+            curve.append(_candidate_losses(objective))
+            after_step(restarts)
+        self._candidate = partial(_candidate_state, self._training_state(svi, objective))
+        return np.asarray(torch.stack(curve, dim=1).tolist(), dtype=np.float64)
+
+    def _train_one_by_one(
+        self, restarts: int, steps: int, after_step: Callable[[int], None]
+    ) -> np.ndarray:
+        curves, candidates = [], []
         for _ in range(restarts):
             pyro.clear_param_store()
             _, svi, objective = self._new_machine()
@@ -293,12 +296,13 @@ class HelmholtzTrainer:
                 after_step(1)
             curves.append(_floats(curve))
             # with its own chains (jsa), which live on the candidate's loss
-            self._candidates.append(copy.deepcopy(self._training_state(svi, objective)))
+            candidates.append(copy.deepcopy(self._training_state(svi, objective)))
+        self._candidate = candidates.__getitem__
         return np.asarray(curves, dtype=np.float64)
 
     def keep_candidate(self, index: int) -> None:
-        self.restore(self._candidates[index])
-        self._candidates = []
+        self.restore(self._candidate(index))
+        self._candidate = None
 
     def _step(self, svi: SVI) -> torch.Tensor:
         """One step on a mini-batch drawn with the batch generator; the loss per datapoint,

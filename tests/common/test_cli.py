@@ -347,6 +347,7 @@ def _metrics(**overrides):
         "particles": 10,
         "steps": 100,
         "seconds": 1.25,
+        "world_size": 1,
         "train_nll_nats": 2.5,
         "test_nll_nats": 2.6,
         "nll_method": "exact",
@@ -359,7 +360,7 @@ def _metrics(**overrides):
 def test_metrics_keys_are_those_of_the_design():
     assert set(METRICS_KEYS) == {
         "backend", "dataset", "algorithm", "layers", "particles", "steps", "seconds",
-        "train_nll_nats", "test_nll_nats", "nll_method",
+        "world_size", "train_nll_nats", "test_nll_nats", "nll_method",
     }  # fmt: skip
 
 

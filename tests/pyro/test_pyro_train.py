@@ -20,9 +20,10 @@ from helpers.trainer import (
     interrupted,
     press_ctrl_c_after_first_call,
 )
+from pyro import poutine
 
 from pyro_wakesleep.helmholtz import HelmholtzMachine
-from pyro_wakesleep.train import CHECKPOINT, HelmholtzTrainer, main
+from pyro_wakesleep.train import CHECKPOINT, HelmholtzTrainer, _Candidates, main
 from wakesleep.trainer import evaluation, loop, schedule
 from wakesleep.trainer.arguments import parse_train_args
 from wakesleep.trainer.datasets import load_dataset
@@ -210,7 +211,7 @@ def test_a_jsa_step_advances_the_chains_of_exactly_the_rows_it_drew(tmp_path):
 def test_jsa_restarts_keep_each_candidates_chains_with_it(tmp_path):
     trainer = _trainer(tmp_path, "jsa")
     trainer.train_candidates(3, 2, lambda done: None)
-    chains = [candidate["chains"] for candidate in trainer._candidates]
+    chains = [trainer._candidate(index)["chains"] for index in range(3)]
     # each candidate's chains saw only its own 2 mini-batches of 8 (shared ones would see 48)
     assert all(0 < int(c["seen"].sum()) <= 16 for c in chains)
     assert not torch.equal(chains[0]["seen"], chains[1]["seen"])
@@ -221,6 +222,85 @@ def test_jsa_restarts_keep_each_candidates_chains_with_it(tmp_path):
         assert torch.equal(kept["values"][name], value), name
     assert torch.equal(kept["seen"], chains[1]["seen"])
     assert torch.equal(kept["age"], chains[1]["age"])
+
+
+def _candidate_traces(machine, x, fixed=None):
+    """Guide and model traces of ``machine`` on ``x``; the guide's latents ``fixed`` if given."""
+    if fixed is None:
+        guide_trace = poutine.trace(machine.guide).get_trace(x, num_data=100)
+        model = poutine.replay(machine.model, trace=guide_trace)
+    else:
+        guide = poutine.condition(machine.guide, data=fixed)
+        guide_trace = poutine.trace(guide).get_trace(x, num_data=100)
+        model = poutine.condition(machine.model, data=fixed)
+    return guide_trace, poutine.trace(model).get_trace(x, num_data=100)
+
+
+@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
+def test_stacked_candidates_are_the_machines_side_by_side(visible):
+    # the stack's densities and their gradients, candidate by candidate, are those of
+    # each machine alone on its own mini-batch and the same latents
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    machines = [HelmholtzMachine(6, (4, 3), visible=visible) for _ in range(3)]
+    stack = _Candidates(machines)
+    x = torch.randint(0, 2, (3, 5, 6)).float()  # 3 candidates, 5 datapoints each
+    guide_trace, model_trace = _candidate_traces(stack, x)
+    assert guide_trace.nodes["candidates"]["type"] == "sample"  # the plate is there
+    stacked = {name: p for name, p in pyro.get_param_store().named_parameters()}
+    log_w = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+    stacked_grads = torch.autograd.grad(log_w, list(stacked.values()))
+    for r, machine in enumerate(machines):
+        fixed = {f"h{layer}": guide_trace.nodes[f"h{layer}"]["value"][r] for layer in (1, 2)}
+        pyro.clear_param_store()  # the machine alone, with its own parameters
+        alone_guide, alone_model = _candidate_traces(machine, x[r], fixed)
+        for ours, alone in ((guide_trace, alone_guide), (model_trace, alone_model)):
+            for name in ("h1", "h2") if ours is guide_trace else ("h2", "h1", "x"):
+                site, own = ours.nodes[name], alone.nodes[name]
+                assert torch.allclose(site["fn"].log_prob(site["value"])[r],
+                                      own["fn"].log_prob(own["value"]), atol=1e-5), (r, name)  # fmt: skip
+        alone_w = alone_model.log_prob_sum() - alone_guide.log_prob_sum()
+        own = dict(machine.generative.named_parameters(prefix="helmholtz_generative$$$"))
+        own |= dict(machine.recognition.named_parameters(prefix="helmholtz_recognition$$$"))
+        own = {name.replace("$$$.", "$$$"): p for name, p in own.items()}
+        grads = torch.autograd.grad(alone_w, [own[name] for name in stacked])
+        for name, ours, alone in zip(stacked, stacked_grads, grads, strict=True):
+            assert torch.allclose(ours[r], alone, atol=1e-4), (r, name)
+
+
+@pytest.mark.parametrize("algorithm", ["rws", "ws"])
+def test_a_stack_of_one_candidate_trains_as_the_machine_alone(tmp_path, algorithm):
+    # the same draws in the same order: the stacked path and the one-by-one path agree
+    # (eager: TorchScript's optimiser may hand a graph's draws out in another order)
+    stacked = _trainer(tmp_path, algorithm, "--no-jit")  # seeds Pyro's generators
+    curve = stacked.train_candidates(1, 5, lambda done: None)
+    alone = _trainer(tmp_path, algorithm, "--no-jit")  # seeds them again
+    reference = alone._train_one_by_one(1, 5, lambda done: None)
+    assert curve.shape == reference.shape == (1, 5)
+    np.testing.assert_allclose(curve, reference, rtol=1e-5)
+    stacked.keep_candidate(0)
+    kept = {name: value.clone() for name, value in pyro.get_param_store().items()}
+    alone.keep_candidate(0)
+    for name, value in pyro.get_param_store().items():
+        assert kept[name].shape == value.shape
+        assert torch.allclose(kept[name], value, atol=1e-5), name
+
+
+def test_stacked_candidates_keep_their_own_parameters_and_moments(tmp_path):
+    trainer = _trainer(tmp_path, "rws")
+    curves = trainer.train_candidates(3, 4, lambda done: None)
+    assert curves.shape == (3, 4) and np.isfinite(curves).all()
+    assert len({tuple(c) for c in curves}) == 3  # own starts, own mini-batches
+    stacked = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+    stack_optim = trainer._candidate.args[0]["optim"]  # the stack's state, before the pick
+    moments = {name: s["optimizer"]["state"][0]["exp_avg"] for name, s in stack_optim.items()}
+    trainer.keep_candidate(2)
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), stacked[name][2]), name
+    trainer.write_checkpoint(tmp_path / CHECKPOINT, {"step": 4})
+    for name, state in load_checkpoint(tmp_path)["optim"].items():
+        assert torch.equal(state["optimizer"]["state"][0]["exp_avg"], moments[name][2]), name
+        assert int(state["optimizer"]["state"][0]["step"]) == 4
 
 
 @pytest.mark.slow  # trains end to end, as in the NumPyro trainer's tests
@@ -442,7 +522,9 @@ def _optimiser_run(optimiser, steps, resume=None):
         svi.step(x)
         if hasattr(svi.optim, "step"):  # a learning-rate schedule
             svi.optim.step()
-    params = {k: v.detach().clone() for k, v in pyro.get_param_store().get_state()["params"].items()}
+    params = {
+        k: v.detach().clone() for k, v in pyro.get_param_store().get_state()["params"].items()
+    }
     return params, svi.optim.get_state()
 
 
@@ -452,7 +534,7 @@ def test_joint_adam_updates_as_pyros_per_parameter_optimisers(decay):
 
     import pyro.optim
 
-    from pyro_wakesleep.train import JointAdam
+    from pyro_wakesleep import JointAdam
     from wakesleep.trainer.schedule import learning_rate
 
     lr_lambda = None if decay is None else partial(learning_rate, 1.0, decay, 10)

@@ -6,7 +6,7 @@
         [--layers 8,1] [--particles 10] [--steps N] [--batch-size B] [--lr LR] \\
         [--lr-decay D] [--init default|sparse] [--restarts R] \\
         [--sparsity TARGET [--sparsity-weight W]] [--seed S] \\
-        [--device cpu|cuda] [--no-jit] [--num-samples 10000] [--resume] --out DIR
+        [--device cpu|cuda] [--devices D] [--no-jit] [--num-samples 10000] [--resume] --out DIR
     python -m numpyro_wakesleep train ...
 
 ``--data-file PATH`` replaces ``--dataset`` to train on the user's own binarised images,
@@ -315,6 +315,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)"
+    )
+    parser.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        metavar="D",
+        help="NumPyro: shard every batch over D local devices of --device (on cpu, D host "
+        "devices), parameters replicated; --batch-size must be a multiple of D. Pyro trains "
+        "on several processes with torchrun --nproc_per_node=D instead (default: 1)",
     )
     parser.add_argument(
         "--no-jit",

@@ -41,6 +41,18 @@ class TrainerBackend(Protocol):
     checkpoint: str
     #: checkpoint file names of earlier releases, refused (never unpickled)
     legacy_checkpoints: tuple[str, ...]
+    #: data-parallel workers (``docs/design.md`` §11): torch.distributed ranks (Pyro),
+    #: devices × processes (NumPyro); 1 for one process on one device
+    world_size: int
+    #: processes that train together (each runs the whole trainer, in lock step)
+    processes: int
+    #: whether this process writes the outputs and the checkpoint (rank or process 0)
+    is_main: bool
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any of the :attr:`processes`: a collective, which every
+        process calls at the same step; ``flag`` itself in one process."""
+        ...
 
     def on_device(self, device: str) -> AbstractContextManager[None]:
         """The block in which the run computes on ``--device``; ``SystemExit`` with a line
@@ -86,7 +98,10 @@ class TrainerBackend(Protocol):
 
     # -- checkpoints ------------------------------------------------------------------------
     def write_checkpoint(self, path: Path, meta: Mapping[str, Any]) -> None:
-        """Write ``meta`` (JSON values) and the training state to ``path`` atomically."""
+        """Write ``meta`` (JSON values) and the training state to ``path`` atomically.
+
+        Called in every process at the same step (the state may be gathered from all); only
+        the :attr:`is_main` one writes."""
         ...
 
     def read_checkpoint(self, path: Path) -> tuple[dict[str, Any], Any]:

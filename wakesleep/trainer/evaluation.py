@@ -185,8 +185,9 @@ def evaluate(
     train_nll = mean_nll(backend, train_nll_images(data.train, exact), exact, train_key, ctrl_c)
     test_nll = mean_nll(backend, data.test, exact, test_key, ctrl_c)
     metrics = run_metrics(
-        backend.name, args, seconds, train_nll, test_nll, nll_method(exact), bars_kl
-    )
+        backend.name, args, seconds, train_nll, test_nll, nll_method(exact), bars_kl,
+        world_size=backend.world_size,
+    )  # fmt: skip
     # its own key, split from the diagnostics' key: the draws of the other outputs stay
     # those of earlier releases
     activation_key = backend.split_key(diagnostics_key, 1)[0]

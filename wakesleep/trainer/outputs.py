@@ -41,7 +41,8 @@ __all__ = [
     "write_metrics",
 ]
 
-#: Keys that every ``metrics.json`` holds; ``bars`` adds ``kl_bits``.
+#: Keys that every ``metrics.json`` holds (``docs/design.md`` §3, and ``world_size`` of §11);
+#: ``bars`` adds ``kl_bits``.
 METRICS_KEYS: tuple[str, ...] = (
     "backend",
     "dataset",
@@ -50,6 +51,7 @@ METRICS_KEYS: tuple[str, ...] = (
     "particles",
     "steps",
     "seconds",
+    "world_size",
     "train_nll_nats",
     "test_nll_nats",
     "nll_method",
@@ -305,6 +307,7 @@ def run_metrics(
     test_nll: float,
     nll_method: str,
     kl_bits: float | None = None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """The ``metrics.json`` record of a trainer run (``docs/design.md`` §3), the same for both backends.
 
@@ -312,6 +315,9 @@ def run_metrics(
         (:func:`wakesleep.trainer.evaluation.nll_method`).
     :param kl_bits: added for ``bars`` only (``None``, written as null, when the machine is
         too large to enumerate).
+    :param world_size: the data-parallel workers that trained it (``docs/design.md`` §11):
+        torch.distributed ranks (Pyro), devices × processes (NumPyro); 1 for one process on
+        one device.
     """
     metrics: dict[str, Any] = {
         "backend": backend,
@@ -327,6 +333,7 @@ def run_metrics(
         "restarts": args.restarts,
         "seed": args.seed,
         "seconds": round(seconds, 3),
+        "world_size": int(world_size),
         "train_nll_nats": float(train_nll),
         "test_nll_nats": float(test_nll),
         "nll_method": nll_method,

@@ -1,0 +1,123 @@
+"""Optimisers for ``pyro.infer.SVI``.
+
+:class:`JointAdam` is Pyro's ``Adam`` (optionally under a ``LambdaLR`` schedule) as one torch
+optimiser over every parameter, so that a step calls one optimiser instead of one per
+parameter. NumPyro's optimisers (Optax) are one function over the whole parameter tree
+already, so the NumPyro backend has no counterpart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pyro
+import torch
+from pyro.optim import PyroOptim
+
+__all__ = ["JointAdam"]
+
+
+class JointAdam(PyroOptim):
+    """Pyro's ``Adam`` (or ``LambdaLR`` of Adam) for ``SVI``, as one torch optimiser::
+
+        svi = pyro.infer.SVI(model, guide, JointAdam(1e-3), loss=JitReweightedWakeSleep(...))
+
+    ``pyro.optim`` gives every parameter a torch optimiser of its own; a step then calls
+    one optimiser per parameter, which on a small machine costs more than the step's maths
+    (bars: 9 parameters, a millisecond). Here one ``torch.optim.Adam`` (and one ``LambdaLR``)
+    holds every parameter that ``SVI`` passes, ordered by name. Torch's Adam updates each
+    parameter on its own (single-tensor on the CPU), so the updates are those of
+    ``pyro.optim`` bit for bit, and parameters without a gradient are left alone as before.
+    :meth:`get_state` and :meth:`set_state` keep ``PyroOptim``'s layout, one state dict per
+    parameter name, so checkpoints move between the two.
+
+    :param lr: Adam's learning rate.
+    :param lr_lambda: optional factor of ``lr`` at step ``t`` (from 0), as ``LambdaLR`` takes
+        it; :meth:`step`, called once after each ``SVI`` step, moves it on.
+    """
+
+    def __init__(self, lr: float, lr_lambda: Callable[[int], float] | None = None) -> None:
+        super().__init__(torch.optim.Adam, {"lr": lr})  # what SVI checks; unused below
+        self.lr = lr
+        self.lr_lambda = lr_lambda
+        self._params: dict[str, torch.Tensor] = {}
+        self._by_id: dict[int, torch.Tensor] = {}
+        self._optim: torch.optim.Adam | None = None
+        self._schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._waiting: dict[str, Any] = {}  # set_state's per-name states, before the params
+
+    def __call__(self, params: Iterable[torch.Tensor]) -> None:
+        """An Adam step of ``params`` (unconstrained leaves from the param store)."""
+        params = list(params)
+        # by identity (the dict holds the tensors, so no id is reused while it is compared)
+        if self._optim is None or any(self._by_id.get(id(p)) is not p for p in params):
+            self._build(params)
+        self._optim.step()
+
+    def step(self) -> None:
+        """The next step's learning rate (a constant rate has nothing to do)."""
+        if self._schedule is not None:
+            self._schedule.step()
+
+    def _build(self, params: list[torch.Tensor]) -> None:
+        """(Re)build the optimiser over the known and new parameters, keeping every state."""
+        waiting = {**self.get_state(), **self._waiting}
+        self._params.update({_name_of(p): p for p in params})
+        self._by_id = {id(p): p for p in self._params.values()}
+        names = sorted(self._params)
+        self._optim = torch.optim.Adam([self._params[n] for n in names], lr=self.lr)
+        if self.lr_lambda is not None:
+            self._schedule = torch.optim.lr_scheduler.LambdaLR(self._optim, self.lr_lambda)
+        self._waiting = {}
+        states = [waiting.get(name) for name in names]
+        if any(state is not None for state in states):
+            self._load(names, states)
+
+    def get_state(self) -> dict[str, Any]:
+        """``{parameter name: state}`` in ``PyroOptim``'s layout: the state dict of an Adam of
+        that one parameter (under ``"optimizer"``, beside the schedule's under
+        ``"scheduler"``, with a learning-rate schedule)."""
+        if self._optim is None:
+            return dict(self._waiting)
+        joint = self._optim.state_dict()
+        group = {k: v for k, v in joint["param_groups"][0].items() if k != "params"}
+        states = {}
+        for index, name in enumerate(sorted(self._params)):
+            state = {"state": {0: joint["state"][index]} if index in joint["state"] else {},
+                     "param_groups": [{**group, "params": [0]}]}  # fmt: skip
+            if self._schedule is not None:
+                state = {"scheduler": self._schedule.state_dict(), "optimizer": state}
+            states[name] = state
+        return states
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`get_state` (or ``PyroOptim.get_state``): applied now to the
+        parameters already seen, kept for the others until a step passes them."""
+        self._waiting.update(state)
+        if self._optim is not None:
+            self._build(list(self._params.values()))
+
+    def _load(self, names: list[str], states: list[Any]) -> None:
+        optimizers = [
+            None if s is None else s["optimizer"] if self._schedule is not None else s
+            for s in states
+        ]
+        known = next(o for o in optimizers if o is not None)
+        group = {k: v for k, v in known["param_groups"][0].items() if k != "params"}
+        self._optim.load_state_dict(
+            {
+                "state": {
+                    i: o["state"][0]
+                    for i, o in enumerate(optimizers)
+                    if o is not None and 0 in o["state"]
+                },
+                "param_groups": [{**group, "params": list(range(len(names)))}],
+            }
+        )
+        if self._schedule is not None:
+            self._schedule.load_state_dict(next(s for s in states if s is not None)["scheduler"])
+
+
+def _name_of(param: torch.Tensor) -> str:
+    return pyro.get_param_store().param_name(param)
