@@ -24,8 +24,8 @@ import copy
 import io
 import pickle
 import random
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributions import constraints
 
 from wakesleep.trainer import loop, schedule
@@ -44,7 +45,7 @@ from wakesleep.trainer.datasets import Dataset
 from wakesleep.trainer.outputs import atomic_write_bytes
 from wakesleep.trainer.runs import UnreadableCheckpoint
 
-from . import losses
+from . import distributed, losses
 from .evaluation import importance_log_likelihood, importance_log_weights
 from .helmholtz import HelmholtzMachine
 from .optim import JointAdam
@@ -54,8 +55,10 @@ __all__ = ["CHECKPOINT", "HelmholtzTrainer", "main"]
 CHECKPOINT = "checkpoint.pt"
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics."""
+@record  # under torchrun: a rank's error goes into torchrun's report of the failure
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics
+    (rank 0 of a data-parallel run; the other ranks return ``None``)."""
     return loop.main(HelmholtzTrainer(), argv)
 
 
@@ -65,6 +68,7 @@ def _svi_step(svi: SVI, *args, **kwargs) -> torch.Tensor:
     with pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
         loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    distributed.average_gradients(params)  # data-parallel: the global batch's gradient
     svi.optim(params)
     pyro.infer.util.zero_grads(params)
     return loss.detach()
@@ -73,6 +77,33 @@ def _svi_step(svi: SVI, *args, **kwargs) -> torch.Tensor:
 def _floats(losses: list[torch.Tensor]) -> list[float]:
     """Losses as floats, fetched from the device at once."""
     return torch.stack(losses).tolist() if losses else []
+
+
+def _check_data_parallel(args: argparse.Namespace, world_size: int) -> None:
+    """Exit with a line that says what to do where a data-parallel run cannot be the global
+    batch's (:mod:`pyro_wakesleep.distributed`)."""
+    if getattr(args, "devices", 1) != 1:
+        raise SystemExit(
+            "error: --devices is the NumPyro trainer's. Pyro trains on several processes (one "
+            "per GPU, or CPU processes) with torchrun: torchrun --nproc_per_node=D -m "
+            "pyro_wakesleep train ..."
+        )
+    if world_size == 1:
+        return
+    if args.batch_size % world_size:
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} does not split over {world_size} ranks; "
+            f"pass a multiple of {world_size} (each rank takes an equal shard of every batch)."
+        )
+    if schedule.keeps_chains(args.algorithm) or sparsity_settings(args) is not None:
+        what = "--algorithm jsa keeps chains per training image" if args.algorithm == "jsa" else (
+            "--sparsity penalises the whole batch's mean activation"
+        )  # fmt: skip
+        raise SystemExit(
+            f"error: {what}, which the ranks' shards do not share, so a data-parallel update "
+            "would not be the global batch's. Train it in one process (without torchrun), or "
+            "with the NumPyro trainer's --devices, whose sharded step is the global batch's."
+        )
 
 
 def _device(name: str) -> torch.device:
@@ -213,14 +244,27 @@ class HelmholtzTrainer:
         self._candidate: Callable[[int], Mapping[str, Any]] | None = None
 
     def any_process(self, flag: bool) -> bool:
-        return flag
+        return distributed.any_rank(flag, self._device)
 
-    def on_device(self, device: str) -> AbstractContextManager[None]:
+    @contextmanager
+    def on_device(self, device: str) -> Iterator[None]:
+        """On ``--device``; under ``torchrun``, one rank of a data-parallel run
+        (:mod:`pyro_wakesleep.distributed`) on its own GPU with CUDA."""
         self._device = _device(device)
-        return nullcontext()
+        if not distributed.launched():
+            yield
+            return
+        self._device = distributed.start(device)
+        try:
+            self.world_size = self.processes = distributed.world_size()
+            self.is_main = distributed.rank() == 0
+            yield
+        finally:
+            distributed.stop()
 
     # -- training ---------------------------------------------------------------------------
     def build(self, args: argparse.Namespace, data: Dataset) -> None:
+        _check_data_parallel(args, self.world_size)
         self._args = args
         self._train_x = torch.as_tensor(data.train, dtype=torch.float32, device=self._device)
         self._visible = data.visible
@@ -229,7 +273,12 @@ class HelmholtzTrainer:
         pyro.set_rng_seed(args.seed)
         # its parameters drawn here
         self._machine, self._svi, self._objective = self._new_machine()
-        self._batches = torch.Generator().manual_seed(args.seed)  # mini-batch order, on the host
+        # mini-batch order, on the host: the same global batches on every rank
+        self._batches = torch.Generator().manual_seed(args.seed)
+        if self.world_size > 1:  # rank 0's start everywhere; particles of each rank's own
+            distributed.broadcast_parameters(list(self._machine.parameters()))
+            if distributed.rank() > 0:  # rank 0 draws what one process draws
+                pyro.set_rng_seed(distributed.rank_seed(args.seed, distributed.rank()))
 
     def _new_machine(self) -> tuple[HelmholtzMachine, SVI, Any]:
         """A machine, its SVI and the SVI's objective (which holds the chains of ``jsa``)."""
@@ -271,17 +320,20 @@ class HelmholtzTrainer:
     ) -> np.ndarray:
         pyro.clear_param_store()
         stack = _Candidates([self._draw_machine() for _ in range(restarts)])
+        distributed.broadcast_parameters(list(stack.parameters()))  # rank 0's starts
         svi, objective = self._new_svi(stack)
         num_data, batch_size = len(self._train_x), self._args.batch_size
         curve = []
         for _ in range(steps):
             index = torch.randint(num_data, (restarts, batch_size), generator=self._batches)
+            index = distributed.shard(index)  # this rank's datapoints of every candidate
             _svi_step(svi, self._train_x[index.to(self._device)], num_data=num_data)
             svi.optim.step()  # the next step's learning rate
             curve.append(_candidate_losses(objective))
             after_step(restarts)
         self._candidate = partial(_candidate_state, self._training_state(svi, objective))
-        return np.asarray(torch.stack(curve, dim=1).tolist(), dtype=np.float64)
+        curves = distributed.mean_over_ranks(torch.stack(curve, dim=1))  # the global batches'
+        return np.asarray(curves.tolist(), dtype=np.float64)
 
     def _train_one_by_one(
         self, restarts: int, steps: int, after_step: Callable[[int], None]
@@ -319,6 +371,7 @@ class HelmholtzTrainer:
             value = _svi_step(svi, self._train_x[index], num_data=num_data, index=index)
         else:
             index = torch.randint(num_data, (batch_size,), generator=self._batches)
+            index = distributed.shard(index)  # this rank's rows of the global batch
             value = _svi_step(svi, self._train_x[index.to(self._device)], num_data=num_data)
         svi.optim.step()  # the next step's learning rate
         return value / num_data
@@ -328,7 +381,10 @@ class HelmholtzTrainer:
 
     def take_losses(self) -> list[float]:
         losses, self._losses = self._losses, []
-        return _floats(losses)
+        if not losses:
+            return []
+        # data-parallel: each rank's loss is its shard's; their mean is the global batch's
+        return distributed.mean_over_ranks(torch.stack(losses)).tolist()
 
     def wait(self) -> None:
         if self._device.type == "cuda":
@@ -350,8 +406,17 @@ class HelmholtzTrainer:
         return state
 
     def write_checkpoint(self, path: Path, meta: Mapping[str, Any]) -> None:
+        """Every rank's generators gathered, the ranks' parameters checked to be the same;
+        rank 0 writes."""
+        state = self._training_state(self._svi, self._objective)
+        every_rng = distributed.gather_objects(state["rng"])
+        distributed.check_same_parameters(state["params"])
+        if not self.is_main:
+            return
+        if self.world_size > 1:  # each rank continues its own particles on --resume
+            state["rng_ranks"] = every_rng
         buffer = io.BytesIO()
-        torch.save({"meta": dict(meta), **self._training_state(self._svi, self._objective)}, buffer)
+        torch.save({"meta": dict(meta), **state}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
     def read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -376,7 +441,8 @@ class HelmholtzTrainer:
             {"params": params, "constraints": dict.fromkeys(params, constraints.real)}
         )
         self._svi.optim.set_state(state["optim"])
-        _set_rng_state(state["rng"])
+        every_rng = state.get("rng_ranks")  # a data-parallel checkpoint: this rank's own
+        _set_rng_state(every_rng[distributed.rank()] if every_rng else state["rng"])
         self._batches.set_state(state["batches"])
         if self._chains:
             if "chains" not in state:
