@@ -12,6 +12,13 @@ draws the mini-batch indices and runs :meth:`numpyro.infer.SVI.update`; losses s
 device until the trainer takes them, so the host does not wait for the device at every
 step. ``--restarts`` candidates train as one batched (vmapped) computation.
 
+``--devices D`` (and a multi-process launch, :mod:`numpyro_wakesleep.distributed`) trains
+on a mesh of ``D`` devices per process: the same jitted step with the mini-batch it draws
+constrained to be split over the mesh, every other array (training set, parameters,
+optimiser state, keys, ``jsa``'s chains) replicated, so the step draws the batch and the
+particles of one device and only the order of sums differs. With ``--devices 1`` in one
+process nothing of this is set up: the run is the one-device run, bit for bit.
+
 ``--algorithm jsa`` keeps one Markov chain per training image in the SVI state's
 ``mutable_state`` (:class:`~numpyro_wakesleep.JointStochasticApproximation`, whose
 ``init_state`` adds them to :meth:`numpyro.infer.SVI.init`'s state): each step draws the
@@ -49,13 +56,13 @@ from numpyro.infer import SVI
 from numpyro.infer.svi import SVIState
 
 from wakesleep.trainer import loop, schedule
-from wakesleep.trainer.arguments import sparsity_settings
+from wakesleep.trainer.arguments import parse_train_args, sparsity_settings
 from wakesleep.trainer.backend import GenerativeWeights
 from wakesleep.trainer.datasets import Dataset
 from wakesleep.trainer.outputs import atomic_write_bytes
 from wakesleep.trainer.runs import UnreadableCheckpoint
 
-from . import losses
+from . import distributed, losses
 from .evaluation import importance_log_likelihood, importance_log_weights
 from .helmholtz import HelmholtzMachine
 
@@ -66,9 +73,14 @@ CHECKPOINT = "checkpoint.npz"
 LEGACY_CHECKPOINT = "checkpoint.pkl"
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m numpyro_wakesleep train ...``: train, write the outputs, print the metrics."""
-    return loop.main(HelmholtzTrainer(), argv)
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """``python -m numpyro_wakesleep train ...``: train, write the outputs, print the metrics
+    (process 0 of a multi-process run; the others return ``None``)."""
+    trainer = HelmholtzTrainer()
+    # --devices and a multi-process launch must be set up before JAX starts its backend,
+    # which the shared loop does first thing (on_device); the flags are parsed again there
+    trainer.set_up_devices(parse_train_args(trainer.name, argv))
+    return loop.main(trainer, argv)
 
 
 def _no_jit(function: Callable) -> Callable:
@@ -79,14 +91,14 @@ def _no_jit(function: Callable) -> Callable:
 def _device(name: str) -> jax.Device:
     if name == "cuda":
         try:
-            return jax.devices("gpu")[0]
+            return jax.local_devices(backend="gpu")[0]
         except RuntimeError:
             raise SystemExit(
                 "error: --device cuda was asked for, but JAX sees no GPU here. Use --device "
                 "cpu, or install a CUDA build of jax (e.g. pip install 'jax[cuda12]') on a "
                 "machine with a GPU."
             ) from None
-    return jax.devices("cpu")[0]
+    return jax.local_devices(backend="cpu")[0]
 
 
 def _optimiser(args: argparse.Namespace) -> optax.GradientTransformation:
@@ -100,13 +112,27 @@ def _optimiser(args: argparse.Namespace) -> optax.GradientTransformation:
     return optax.adam(partial(schedule.learning_rate, args.lr, args.lr_decay, args.steps))
 
 
-def _step_function(svi: SVI, num_data: int, batch_size: int, chains: bool) -> Callable:
+def _step_function(
+    svi: SVI,
+    num_data: int,
+    batch_size: int,
+    chains: bool,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable:
     """One training step (to be jitted): draw a mini-batch, then ``svi.update`` on it.
 
     With ``chains`` (``jsa``) the rows are drawn without replacement and passed as
     ``index``; otherwise with replacement and without ``index`` (the draws of earlier
-    releases).
+    releases). With ``batch_sharding`` (``--devices``) the batch's rows are split over the
+    devices: each computes the particles and gradients of its rows, and XLA sums the
+    gradients across devices. Inside ``jax.vmap`` (``--restarts``) the candidates' axis
+    stays whole.
     """
+
+    def _batch(train_x: Array, index: Array) -> Array:
+        if batch_sharding is None:
+            return train_x[index]
+        return jax.lax.with_sharding_constraint(train_x[index], batch_sharding)
 
     def step(svi_state: SVIState, batch_key: Array, train_x: Array) -> tuple:
         batch_key, draw = random.split(batch_key)
@@ -114,10 +140,11 @@ def _step_function(svi: SVI, num_data: int, batch_size: int, chains: bool) -> Ca
             # without replacement: the rows of the batch_size largest of num_data uniforms
             # (random.choice(..., replace=False) sorts all rows: a bars run took 13x longer)
             index = jax.lax.top_k(random.uniform(draw, (num_data,)), batch_size)[1]
-            svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data, index=index)
+            batch = _batch(train_x, index)
+            svi_state, value = svi.update(svi_state, batch, num_data=num_data, index=index)
         else:
             index = random.randint(draw, (batch_size,), 0, num_data)
-            svi_state, value = svi.update(svi_state, train_x[index], num_data=num_data)
+            svi_state, value = svi.update(svi_state, _batch(train_x, index), num_data=num_data)
         return svi_state, batch_key, value
 
     return step
@@ -162,7 +189,7 @@ class HelmholtzTrainer:
     name = "numpyro_wakesleep"
     checkpoint = CHECKPOINT
     legacy_checkpoints = (LEGACY_CHECKPOINT,)
-    world_size = 1  # one process on one device, until build finds more
+    world_size = 1  # one process on one device, until set_up_devices finds more
     processes = 1
     is_main = True
 
@@ -170,9 +197,67 @@ class HelmholtzTrainer:
         self._pending: list[Array] = []  # losses still on the device
         self._candidates: tuple[SVIState, Array] | None = None
         self._state: SVIState | None = None
+        self._mesh: jax.sharding.Mesh | None = None  # --devices / processes: the data mesh
+        self._set_up = False
+
+    def set_up_devices(self, args: argparse.Namespace) -> None:
+        """``--devices`` and a multi-process launch (:mod:`numpyro_wakesleep.distributed`);
+        before any JAX computation. Nothing at all for one device in one process."""
+        if self._set_up:
+            return
+        self._set_up = True
+        if args.devices == 1 and distributed.processes_from_environment() is None:
+            return
+        if args.batch_size % args.devices:
+            raise SystemExit(
+                f"error: --batch-size {args.batch_size} must be a multiple of --devices "
+                f"{args.devices}, which each take an equal share of every batch: e.g. "
+                f"--batch-size {args.batch_size - args.batch_size % args.devices or args.devices}."
+            )
+        if getattr(args, "no_jit", False):
+            raise SystemExit(
+                "error: --no-jit debugs the step on one device: drop --devices (and run in one "
+                "process), or drop --no-jit."
+            )
+        platform = "gpu" if args.device == "cuda" else "cpu"
+        processes = distributed.set_up(platform, args.devices)
+        self.processes, self.is_main = processes, jax.process_index() == 0
+        self.world_size = args.devices * processes
+        if args.batch_size % self.world_size:
+            raise SystemExit(
+                f"error: --batch-size {args.batch_size} must be a multiple of --devices × "
+                f"processes = {self.world_size}, which each take an equal share of every batch."
+            )
+        if self.world_size > 1:
+            self._mesh = distributed.data_mesh(platform, args.devices)
 
     def any_process(self, flag: bool) -> bool:
-        return flag
+        return distributed.any_process(flag) if self.processes > 1 else flag
+
+    def _local(self, tree: Any) -> Any:
+        """``tree`` as arrays of this process alone (the replicated ones' local copy)."""
+        return tree if self._mesh is None else distributed.local(tree)
+
+    def _replicated(self, tree: Any) -> Any:
+        """``tree`` on every device of the mesh (as it is without one)."""
+        if self._mesh is None:
+            return tree
+        return distributed.on_mesh(tree, distributed.replicated(self._mesh))
+
+    def _synchronise(self, outputs: Any) -> None:
+        """With a mesh of CPU devices, wait for each step before dispatching the next.
+
+        XLA's CPU runtime runs every device's share of a program on one shared pool of
+        threads, and an all-reduce holds its thread until the shares of all devices reach
+        it. With many sharded steps dispatched ahead (the one-device run keeps up to 50 in
+        flight), shares of later steps compete with the all-reduces of earlier ones for
+        those threads, and on a machine with 2 cores such runs can hang (issue 16). One
+        sharded program in flight leaves nothing else to hold the threads, by design. A
+        sharded CPU step is long next to its dispatch, so little is lost; accelerators run
+        each device's work in order and keep dispatching ahead.
+        """
+        if self._sync_each_step:
+            jax.block_until_ready(outputs)
 
     @contextmanager
     def on_device(self, device: str) -> Iterator[None]:
@@ -181,11 +266,14 @@ class HelmholtzTrainer:
 
     # -- training ---------------------------------------------------------------------------
     def build(self, args: argparse.Namespace, data: Dataset) -> None:
+        self.set_up_devices(args)  # checks, where loop.train is called without main
         # uncommitted arrays on the default device: committing only some inputs of the
-        # jitted step would make its second call compile again
+        # jitted step would make its second call compile again (with a mesh: every input
+        # replicated on it)
         self._train_x = jnp.asarray(data.train, dtype=jnp.float32)
         self._num_data = len(self._train_x)
         self._first_batch = self._train_x[: args.batch_size]  # traces init's shapes
+        self._train_x, self._first_batch = self._replicated((self._train_x, self._first_batch))
         self._init_key, self._batch_key, self._eval_key = random.split(random.PRNGKey(args.seed), 3)
         self._machine = HelmholtzMachine(
             self._train_x.shape[-1], args.layers, init=args.init, visible=data.visible
@@ -201,16 +289,25 @@ class HelmholtzTrainer:
                                  index=index)  # fmt: skip
         else:
             self._init = partial(self._svi.init, num_data=self._num_data)
-        self._step_fn = _step_function(self._svi, self._num_data, args.batch_size, self._chains)
+        sharding = None if self._mesh is None else distributed.batch_sharding(self._mesh)
+        self._step_fn = _step_function(
+            self._svi, self._num_data, args.batch_size, self._chains, sharding
+        )
         # --no-jit: every operation dispatched from Python, for debugging (the same numbers)
         self._jit = _no_jit if getattr(args, "no_jit", False) else jax.jit
+        self._sync_each_step = False
+        if self._mesh is not None:  # every output replicated: the next step's inputs
+            self._jit = partial(jax.jit, out_shardings=distributed.replicated(self._mesh))
+            self._sync_each_step = self._mesh.devices.flat[0].platform == "cpu"
         self._jitted_step = self._jit(self._step_fn)
         self._jitted_acceptance = None
         self._jitted_activation = None
 
     def start(self) -> None:
         # jitted: one compilation instead of one per operation of an eager first trace
-        self._state = self._jit(self._init)(self._init_key, self._first_batch)
+        init_key = self._replicated(self._init_key)
+        self._state = self._jit(self._init)(init_key, self._first_batch)
+        self._batch_key = self._replicated(self._batch_key)
 
     def train_candidates(
         self, restarts: int, steps: int, after_step: Callable[[int], None]
@@ -218,32 +315,41 @@ class HelmholtzTrainer:
         """One batched computation: ``init`` and the step are vmapped over keys split from
         the init key and the batch key."""
         starts = self._jit(jax.vmap(self._init, in_axes=(0, None)))
-        states = starts(random.split(self._init_key, restarts), self._first_batch)
-        batch_keys = random.split(self._batch_key, restarts)
+        init_keys = self._replicated(random.split(self._init_key, restarts))
+        states = starts(init_keys, self._first_batch)
+        batch_keys = self._replicated(random.split(self._batch_key, restarts))
         steps_of_all = self._jit(jax.vmap(self._step_fn, in_axes=(0, 0, None)))
         values = []
         for _ in range(steps):
             states, batch_keys, value = steps_of_all(states, batch_keys, self._train_x)
+            self._synchronise(value)
             values.append(value)
             self._candidates = states, batch_keys
             after_step(restarts)
         # fetched one by one: a jnp.stack of thousands of arrays is one slow XLA compilation
-        return np.stack(jax.device_get(values), axis=1).astype(np.float64) / self._num_data
+        values = jax.device_get(self._local(values))
+        return np.stack(values, axis=1).astype(np.float64) / self._num_data
 
     def keep_candidate(self, index: int) -> None:
         states, batch_keys = self._candidates
-        self._state = jax.tree.map(lambda leaf: leaf[index], states)
-        self._batch_key = batch_keys[index]
+        if self._mesh is None:
+            self._state = jax.tree.map(lambda leaf: leaf[index], states)
+            self._batch_key = batch_keys[index]
+        else:  # one program over the mesh, which every process runs
+            pick = self._jit(lambda tree: jax.tree.map(lambda leaf: leaf[index], tree))
+            self._state, self._batch_key = pick((states, batch_keys))
         self._candidates = None
 
     def step(self) -> None:
         self._state, self._batch_key, value = self._jitted_step(
             self._state, self._batch_key, self._train_x
         )
+        self._synchronise(value)
         self._pending.append(value)
 
     def take_losses(self) -> list[float]:
-        losses = [float(v) / self._num_data for v in jax.device_get(self._pending)]
+        values = jax.device_get(self._local(self._pending))
+        losses = [float(v) / self._num_data for v in values]
         self._pending.clear()
         return losses
 
@@ -252,17 +358,20 @@ class HelmholtzTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def write_checkpoint(self, path: Path, meta: Mapping[str, Any]) -> None:
-        optim_step, (params, optim_state) = self._state.optim_state
+        if not self.is_main:  # every array is replicated: process 0 holds all of it
+            return
+        state, batch_key = self._local((self._state, self._batch_key))
+        optim_step, (params, optim_state) = state.optim_state
         arrays = {
             "meta": np.array(json.dumps(dict(meta))),
             "optim_step": _as_numpy(optim_step),
-            "rng": _as_numpy(self._state.rng_key),
-            "batches": _as_numpy(self._batch_key),
+            "rng": _as_numpy(state.rng_key),
+            "batches": _as_numpy(batch_key),
             # unconstrained, by name
             **{f"params/{name}": value for name, value in _as_numpy(params).items()},
             # the Optax state's leaves, in order; the mutable state's (jsa's chains) by name
             **_indexed("optim", _as_numpy(jax.tree.leaves(optim_state))),
-            **_named("mutable", _as_numpy(self._state.mutable_state)),
+            **_named("mutable", _as_numpy(state.mutable_state)),
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -315,17 +424,20 @@ class HelmholtzTrainer:
         mutable = jax.tree.unflatten(
             mutable_structure, [jnp.asarray(state["mutable"][name]) for name in mutable_names]
         )
-        self._state = SVIState(
-            (jnp.asarray(state["optim_step"]), (params, optim_state)),
-            mutable,
-            jnp.asarray(state["rng"]),
+        self._state = self._replicated(
+            SVIState(
+                (jnp.asarray(state["optim_step"]), (params, optim_state)),
+                mutable,
+                jnp.asarray(state["rng"]),
+            )
         )
-        self._batch_key = jnp.asarray(state["batches"])
+        self._batch_key = self._replicated(jnp.asarray(state["batches"]))
 
     # -- the trained machine ----------------------------------------------------------------
     @property
     def _params(self) -> dict[str, Array]:
-        return self._svi.get_params(self._state)
+        """The parameters, this process's copy: the evaluation runs in process 0 alone."""
+        return self._svi.get_params(self._local(self._state))
 
     def generative_weights(self) -> GenerativeWeights:
         return self._machine.generative_weights(self._params)
@@ -399,4 +511,5 @@ class HelmholtzTrainer:
 
             self._jitted_acceptance = jax.jit(acceptance)
         index = jnp.asarray(rows, dtype=jnp.int32)
-        return float(self._jitted_acceptance(key, self._state, index, self._train_x))
+        state, train_x = self._local((self._state, self._train_x))
+        return float(self._jitted_acceptance(key, state, index, train_x))

@@ -52,7 +52,7 @@ from torch import Tensor
 
 __all__ = [
     "COLLECTIVE_TIMEOUT",
-    "any_rank",
+    "any_process",
     "average_gradients",
     "broadcast_parameters",
     "check_same_parameters",
@@ -160,10 +160,13 @@ def mean_over_ranks(values: Tensor) -> Tensor:
     return total / world_size()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` holds on any rank (every rank must call it at the same step)."""
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank: a collective that every rank must call at the same
+    step."""
     if world_size() == 1:
         return flag
+    nccl = dist.get_backend() == "nccl"  # NCCL reduces tensors on this rank's GPU only
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())

@@ -26,9 +26,10 @@ class JointAdam(PyroOptim):
     ``pyro.optim`` gives every parameter a torch optimiser of its own; a step then calls
     one optimiser per parameter, which on a small machine costs more than the step's maths
     (bars: 9 parameters, a millisecond). Here one ``torch.optim.Adam`` (and one ``LambdaLR``)
-    holds every parameter that ``SVI`` passes, ordered by name. Torch's Adam updates each
-    parameter on its own (single-tensor on the CPU), so the updates are those of
-    ``pyro.optim`` bit for bit, and parameters without a gradient are left alone as before.
+    holds the state of every parameter that ``SVI`` passes, ordered by name, and one loop
+    applies torch's single-tensor Adam arithmetic to each (:meth:`_update`), so the updates
+    are those of ``pyro.optim`` bit for bit, and parameters without a gradient are left
+    alone as before.
     :meth:`get_state` and :meth:`set_state` keep ``PyroOptim``'s layout, one state dict per
     parameter name, so checkpoints move between the two.
 
@@ -53,7 +54,40 @@ class JointAdam(PyroOptim):
         # by identity (the dict holds the tensors, so no id is reused while it is compared)
         if self._optim is None or any(self._by_id.get(id(p)) is not p for p in params):
             self._build(params)
-        self._optim.step()
+        self._update()
+
+    def _update(self) -> None:
+        """Adam's update (Kingma & Ba 2015) of every parameter that has a gradient:
+        ``m ← β₁m + (1-β₁)g``, ``v ← β₂v + (1-β₂)g²``,
+        ``θ ← θ - lr/(1-β₁ᵗ) · m / (√v / √(1-β₂ᵗ) + ε)``.
+
+        The state and learning rate are the torch optimiser's, and the arithmetic is that of
+        torch's single-tensor Adam, operation for operation, so the updates are the same bit
+        for bit; what is left out is ``Optimizer.step``'s machinery per call (profiling
+        hooks, grouping, dispatch), which costs more than the arithmetic on a small model.
+        """
+        group = self._optim.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        with torch.no_grad():
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                state = self._optim.state[param]
+                if not state:  # the step count on the host, as torch keeps it
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        param, memory_format=torch.preserve_format
+                    )
+                state["step"] += 1
+                step = state["step"].item()  # a host tensor: no wait for the device
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step_size = lr / (1 - beta1**step)
+                denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                param.addcdiv_(exp_avg, denom, value=-step_size)
 
     def step(self) -> None:
         """The next step's learning rate (a constant rate has nothing to do)."""
@@ -69,6 +103,9 @@ class JointAdam(PyroOptim):
         self._optim = torch.optim.Adam([self._params[n] for n in names], lr=self.lr)
         if self.lr_lambda is not None:
             self._schedule = torch.optim.lr_scheduler.LambdaLR(self._optim, self.lr_lambda)
+            # the updates bypass Optimizer.step, whose wrapper tells the schedule that the
+            # optimiser has stepped (else it warns that it moves before the optimiser)
+            self._optim._opt_called = True
         self._waiting = {}
         states = [waiting.get(name) for name in names]
         if any(state is not None for state in states):

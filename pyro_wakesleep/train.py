@@ -244,7 +244,7 @@ class HelmholtzTrainer:
         self._candidate: Callable[[int], Mapping[str, Any]] | None = None
 
     def any_process(self, flag: bool) -> bool:
-        return distributed.any_rank(flag, self._device)
+        return distributed.any_process(flag)
 
     @contextmanager
     def on_device(self, device: str) -> Iterator[None]:

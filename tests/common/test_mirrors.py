@@ -20,6 +20,7 @@ pytest.importorskip("arviz")  # the diagnostics modules import it
 
 #: Modules both backends have, by the same name and role.
 SHARED_MODULES = [
+    "distributed",
     "chains",
     "traces",
     "dreams",
@@ -59,7 +60,21 @@ _COMPILED = (
 )
 
 #: ``(module, name)`` exported by one backend only, and why.
+_RANKS = (
+    "torch.distributed's ranks are processes that exchange gradients explicitly, one "
+    "all-reduce per step; JAX shards one program over a mesh and XLA adds the collectives"
+)
+_MESH = (
+    "JAX shards one program over a mesh of devices (one axis, batches split, the rest "
+    "replicated) and starts processes with jax.distributed; torch.distributed has no mesh"
+)
+
 ONLY_IN_PYRO = {
+    **{("distributed", name): _RANKS for name in (
+        "COLLECTIVE_TIMEOUT", "average_gradients", "broadcast_parameters",
+        "check_same_parameters", "gather_objects", "launched", "mean_over_ranks", "rank",
+        "rank_seed", "shard", "start", "stop", "world_size",
+    )},  # fmt: skip
     ("traces", "particle_plate"): _PLATE_OF_PARTICLES,
     ("traces", "one_particle"): _PLATE_OF_PARTICLES,
     ("traces", "particle_mismatches"): _PLATE_OF_PARTICLES,
@@ -76,6 +91,10 @@ ONLY_IN_PYRO = {
     ("losses", "JitJointStochasticApproximation"): _COMPILED,
 }
 ONLY_IN_NUMPYRO = {
+    **{("distributed", name): _MESH for name in (
+        "DATA_AXIS", "Processes", "batch_sharding", "data_mesh", "local", "on_mesh",
+        "processes_from_environment", "replicated", "set_up",
+    )},  # fmt: skip
     ("traces", "probe"): _PROBE,
     ("traces", "Probe"): _PROBE,
     ("traces", "subsample_indices"): "NumPyro substitutes the step's plate indices; Pyro "
