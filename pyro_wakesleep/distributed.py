@@ -190,14 +190,12 @@ def check_same_parameters(params: dict[str, Tensor]) -> None:
     if world_size() == 1:
         return
     names = sorted(params)
-    summary = torch.stack(
-        [
-            torch.stack(
-                [params[n].detach().double().sum(), params[n].detach().double().square().sum()]
-            )
-            for n in names
-        ]
-    )
+
+    def summarise(value: Tensor) -> Tensor:
+        value = value.detach().double()
+        return torch.stack([value.sum(), value.square().sum()])
+
+    summary = torch.stack([summarise(params[name]) for name in names])
     highest, lowest = summary.clone(), summary.clone()
     dist.all_reduce(highest, op=dist.ReduceOp.MAX)
     dist.all_reduce(lowest, op=dist.ReduceOp.MIN)

@@ -6,6 +6,9 @@ to ``OUT/rank{r}.pt``.
 
 ``python tests/helpers/pyro_ranks.py fail STEP -- TRAIN_FLAGS...``: runs the trainer, rank 1
 raising at its step ``STEP``.
+
+``python tests/helpers/pyro_ranks.py diverge OUT -- TRAIN_FLAGS...``: rank 1 moves one
+parameter after two steps, then every rank writes the checkpoint ``OUT/checkpoint.pt``.
 """
 
 from __future__ import annotations
@@ -48,11 +51,26 @@ def fail_at(step: int, flags: list[str]) -> None:
     main(["train", *flags])
 
 
+def diverge(out: Path, flags: list[str]) -> None:
+    args = parse_train_args("pyro_wakesleep", ["train", *flags])
+    trainer = HelmholtzTrainer()
+    with trainer.on_device(args.device):
+        trainer.build(args, load_data(args))
+        for _ in range(2):
+            trainer.step()
+        if distributed.rank() == 1:
+            with torch.no_grad():
+                next(iter(pyro.get_param_store().values())).add_(1e-3)
+        trainer.write_checkpoint(out / "checkpoint.pt", {"step": 2})
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     split = rest.index("--")
     positional, flags = rest[:split], rest[split + 1 :]
     if command == "steps":
         train_steps(Path(positional[0]), int(positional[1]), flags)
+    elif command == "diverge":
+        diverge(Path(positional[0]), flags)
     else:
         fail_at(int(positional[0]), flags)

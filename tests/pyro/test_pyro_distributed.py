@@ -172,6 +172,14 @@ def test_a_two_rank_run_resumes_exactly_and_only_with_two_ranks(tmp_path):
     assert "trained by 2 data-parallel worker(s), this run has 1" in alone.stderr
 
 
+def test_ranks_whose_parameters_differ_are_caught_at_the_checkpoint(tmp_path):
+    flags = [*FLAGS, "--out", str(tmp_path / "run")]
+    result = torchrun(str(RANKS), "diverge", str(tmp_path), "--", *flags, timeout=120)
+    assert result.returncode != 0
+    assert "The ranks' parameters differ (helmholtz_" in result.stdout + result.stderr
+    assert not (tmp_path / "checkpoint.pt").exists()  # nothing written from diverged ranks
+
+
 def test_a_failing_rank_ends_the_run_with_its_error_instead_of_a_hang(tmp_path):
     began = time.perf_counter()
     result = torchrun(
