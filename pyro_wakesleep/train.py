@@ -55,10 +55,11 @@ __all__ = ["CHECKPOINT", "HelmholtzTrainer", "main"]
 CHECKPOINT = "checkpoint.pt"
 
 
-@record  # under torchrun: a rank's error goes into torchrun's report of the failure
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """``python -m pyro_wakesleep train ...``: train, write the outputs, print the metrics
     (rank 0 of a data-parallel run; the other ranks return ``None``)."""
+    if distributed.launched():  # a rank's error goes into torchrun's report of the failure
+        return record(loop.main)(HelmholtzTrainer(), argv)
     return loop.main(HelmholtzTrainer(), argv)
 
 
