@@ -560,3 +560,37 @@ def test_joint_adam_updates_as_pyros_per_parameter_optimisers(decay):
         resumed, _ = _optimiser_run(make(), 4, resume=saved)
         for name in continued:
             assert torch.equal(resumed[name], continued[name]), (make.__name__, name)
+
+
+def test_several_processes_stop_at_a_step_they_agree_on(tmp_path, capsys):
+    # a Ctrl-C in one of several processes takes effect at the next step where they compare
+    # their flags (every LOG_EVERY steps, and at checkpoints), never at a step of its own
+    import signal
+
+    asked = []
+
+    class OneOfTwo(HelmholtzTrainer):
+        processes = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps_done = 0
+
+        def any_process(self, flag: bool) -> bool:
+            asked.append((self.steps_done, flag))
+            return flag
+
+        def step(self) -> None:
+            super().step()
+            self.steps_done += 1
+            if self.steps_done == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    argv = ["train", "--dataset", "bars", "--algorithm", "rws", *TINY[:-2], "--restarts", "1",
+            "--steps", "400", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        loop.main(OneOfTwo(), argv)
+    assert info.value.code == 130
+    assert asked == [(loop.LOG_EVERY, True)]  # asked once, at the first agreed step
+    assert load_checkpoint(tmp_path)["meta"]["step"] == loop.LOG_EVERY
+    assert "Traceback" not in capsys.readouterr().err
