@@ -21,6 +21,12 @@ class Timed(Protocol):
     values: list[float]
 
 
+class CpuTimed(Timed, Protocol):
+    """A benchmarked method that also records this thread's CPU seconds per round."""
+
+    cpu_seconds: list[float]
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--repeats --warmup --hidden --seed --out``, the flags every benchmark takes."""
     parser.add_argument("--repeats", type=int, default=1000, help="timed rounds per hidden size")
@@ -64,3 +70,31 @@ def loss_row(
         f"{statistics.fmean(methods[name].values[-tail:]) / num_data:.2f}" for name in names
     )
     return f"| {num_hidden} | {cells} |"
+
+
+def goal_line(
+    label: str,
+    top: CpuTimed,
+    bottom: CpuTimed,
+    median: tuple[float, float],
+    cpu: tuple[float, float],
+    bound: float,
+) -> tuple[str, list[str]]:
+    """A goal ``top/bottom <= bound`` checked on the wall-clock and CPU-time medians
+    (``(top, bottom)`` each) and on the paired ratios: its markdown line (met only when all
+    four are) and the measures on which it was missed.
+
+    :param label: the goal's words, e.g. ``"ours/hand <= 1.05 at hidden 32"``.
+    """
+    ratios = {
+        "wall-clock median": median[0] / median[1],
+        "CPU-time median": cpu[0] / cpu[1],
+        "paired wall-clock": paired_ratio(top.seconds, bottom.seconds),
+        "paired CPU-time": paired_ratio(top.cpu_seconds, bottom.cpu_seconds),
+    }
+    missed = [measure for measure, ratio in ratios.items() if ratio > bound]
+    cells = ", ".join(
+        f"{measure} {ratio:.2f} {'missed' if ratio > bound else 'met'}"
+        for measure, ratio in ratios.items()
+    )
+    return f"- {label}: {'missed' if missed else 'met'} ({cells})", missed

@@ -126,6 +126,7 @@ import pyro.optim  # noqa: E402
 import torch  # noqa: E402
 from _timing import (  # noqa: E402
     add_common_arguments,
+    goal_line,
     hidden_sizes,
     loss_row,
     paired_ratio,
@@ -578,19 +579,12 @@ def main() -> None:
             f"hidden {num_hidden}: "
             + "; ".join(f"{n} {methods[n].threads_used(caller)}" for n in METHODS)
         )
-        ratios = {
-            "wall-clock median": median["ours"] / median["hand"],
-            "CPU-time median": cpu["ours"] / cpu["hand"],
-            "paired wall-clock": paired_ratio(ours.seconds, hand.seconds),
-            "paired CPU-time": paired_ratio(ours.cpu_seconds, hand.cpu_seconds),
-        }
-        missed = [measure for measure, ratio in ratios.items() if ratio > GOAL_OURS_HAND]
         goal = f"ours/hand <= {GOAL_OURS_HAND:g} at hidden {num_hidden}"
-        cells = ", ".join(
-            f"{measure} {ratio:.2f} {'missed' if ratio > GOAL_OURS_HAND else 'met'}"
-            for measure, ratio in ratios.items()
-        )
-        goals.append(f"- {goal}: {'missed' if missed else 'met'} ({cells})")
+        line, missed = goal_line(
+            goal, ours, hand, (median["ours"], median["hand"]), (cpu["ours"], cpu["hand"]),
+            GOAL_OURS_HAND,
+        )  # fmt: skip
+        goals.append(line)
         if missed:
             warnings.append(
                 f"Goal missed: {goal} ({', '.join(missed)}): ours more than "

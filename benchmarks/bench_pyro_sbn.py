@@ -80,7 +80,14 @@ import pyro.infer
 import pyro.optim
 import torch
 import torch.nn.functional as F
-from _timing import add_common_arguments, hidden_sizes, loss_row, paired_ratio, quartile_cells
+from _timing import (
+    add_common_arguments,
+    goal_line,
+    hidden_sizes,
+    loss_row,
+    paired_ratio,
+    quartile_cells,
+)
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
@@ -376,20 +383,12 @@ def check_goals(
     for numerator, denominator, bound, sizes in GOALS:
         if num_hidden not in sizes:
             continue
-        top, bottom = methods[numerator], methods[denominator]
-        ratios = {
-            "wall-clock median": median[numerator] / median[denominator],
-            "CPU-time median": cpu[numerator] / cpu[denominator],
-            "paired wall-clock": paired_ratio(top.seconds, bottom.seconds),
-            "paired CPU-time": paired_ratio(top.cpu_seconds, bottom.cpu_seconds),
-        }
-        missed = [measure for measure, ratio in ratios.items() if ratio > bound]
         goal = f"{numerator}/{denominator} <= {bound:g} at hidden {num_hidden}"
-        cells = ", ".join(
-            f"{measure} {ratio:.2f} {'missed' if ratio > bound else 'met'}"
-            for measure, ratio in ratios.items()
-        )
-        lines.append(f"- {goal}: {'missed' if missed else 'met'} ({cells})")
+        line, missed = goal_line(
+            goal, methods[numerator], methods[denominator],
+            (median[numerator], median[denominator]), (cpu[numerator], cpu[denominator]), bound,
+        )  # fmt: skip
+        lines.append(line)
         if missed:
             warnings.append(f"Goal missed: {goal} ({', '.join(missed)}).")
     return lines, warnings

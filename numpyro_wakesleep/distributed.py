@@ -182,11 +182,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh, batched: bool = False) -> NamedSharding:
-    """The rows of a mini-batch split over ``mesh``; ``batched``: after a leading axis of
-    ``--restarts`` candidates, which stays whole."""
-    spec = PartitionSpec(None, DATA_AXIS) if batched else PartitionSpec(DATA_AXIS)
-    return NamedSharding(mesh, spec)
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The rows of a mini-batch split over ``mesh`` (inside ``jax.vmap`` over ``--restarts``
+    candidates, the candidates' axis stays whole)."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def on_mesh(tree: Any, sharding: NamedSharding) -> Any:
