@@ -20,6 +20,7 @@ numpyro = pytest.importorskip("numpyro")
 
 import jax.numpy as jnp  # noqa: E402
 import pyro.poutine as poutine  # noqa: E402
+from helpers.pyro_machines import randomise  # noqa: E402
 from jax import random  # noqa: E402
 from numpyro import handlers  # noqa: E402
 
@@ -36,14 +37,7 @@ def pyro_machine(visible: str, seed: int) -> PyroHelmholtz:
     """A Pyro machine with every parameter drawn ``N(0, 1.2²)`` (log-scales ``U(-0.7, 0.7)``),
     registered in the (cleared) param store by one model and one guide call."""
     pyro.set_rng_seed(seed)
-    machine = PyroHelmholtz(NUM_VISIBLE, HIDDEN, visible=visible)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in machine.named_parameters():
-            if name.endswith("visible_log_scale"):
-                param.uniform_(-0.7, 0.7, generator=generator)
-            else:
-                param.normal_(0.0, 1.2, generator=generator)
+    machine = randomise(PyroHelmholtz(NUM_VISIBLE, HIDDEN, visible=visible), seed, 1.2, 1.2)
     x = torch.zeros(2, NUM_VISIBLE)
     machine.model(x)
     machine.guide(x)

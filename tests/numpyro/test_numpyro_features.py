@@ -25,6 +25,7 @@ numpyro = pytest.importorskip("numpyro")
 optax = pytest.importorskip("optax")
 
 import jax.numpy as jnp  # noqa: E402
+from helpers.numpyro_machines import random_params  # noqa: E402
 from jax import random  # noqa: E402
 from jax.scipy.special import logsumexp  # noqa: E402
 from numpyro import handlers  # noqa: E402
@@ -40,28 +41,6 @@ from wakesleep.trainer.exact import helmholtz_log_marginal  # noqa: E402
 
 GEN = "helmholtz_generative"
 REC = "helmholtz_recognition"
-
-
-def random_params(machine: HelmholtzMachine, seed: int, generative: float, recognition: float):
-    """Every parameter drawn ``N(0, scale²)``, float32; Gaussian machines' visible log-scales
-    uniform in ``[-0.7, 0.7]``."""
-    rng = np.random.default_rng(seed)
-    sizes = (machine.num_visible, *machine.hidden)
-    gen, rec = f"{machine.name}_generative", f"{machine.name}_recognition"
-    shapes = {f"{gen}.top_logits": ((sizes[-1],), generative)}
-    for i in range(len(machine.hidden)):
-        shapes[f"{gen}.layers.{i}.weight"] = ((sizes[i], sizes[i + 1]), generative)
-        shapes[f"{gen}.layers.{i}.bias"] = ((sizes[i],), generative)
-        shapes[f"{rec}.{i}.weight"] = ((sizes[i + 1], sizes[i]), recognition)
-        shapes[f"{rec}.{i}.bias"] = ((sizes[i + 1],), recognition)
-    params = {
-        name: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
-        for name, (shape, scale) in shapes.items()
-    }
-    if machine.visible == "gaussian":
-        log_scale = rng.uniform(-0.7, 0.7, size=machine.num_visible)
-        params[f"{gen}.visible_log_scale"] = jnp.asarray(log_scale, jnp.float32)
-    return params
 
 
 def all_states(num_units: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.numpyro_machines import random_params
 from helpers.trainer import (
     interrupted,
     press_ctrl_c_after_first_call,
@@ -462,24 +463,6 @@ def test_module_entry_point_rejects_bad_flags():
 
 
 # -- the machine's helpers, against exact enumeration ----------------------------------------
-def random_params(machine: HelmholtzMachine, seed: int, generative: float, recognition: float):
-    """Every parameter of model and guide, drawn ``N(0, scale²)`` (far from the initial values).
-
-    The generative net gets ``generative`` as its scale and the recognition net ``recognition``.
-    """
-    rng = np.random.default_rng(seed)
-    sizes = (machine.num_visible, *machine.hidden)
-    gen, rec = f"{machine.name}_generative", f"{machine.name}_recognition"
-    shapes = {f"{gen}.top_logits": ((sizes[-1],), generative)}
-    for i in range(len(machine.hidden)):
-        shapes[f"{gen}.layers.{i}.weight"] = ((sizes[i], sizes[i + 1]), generative)
-        shapes[f"{gen}.layers.{i}.bias"] = ((sizes[i],), generative)
-        shapes[f"{rec}.{i}.weight"] = ((sizes[i + 1], sizes[i]), recognition)
-        shapes[f"{rec}.{i}.bias"] = ((sizes[i + 1],), recognition)
-    return {
-        name: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
-        for name, (shape, scale) in shapes.items()
-    }
 
 
 def all_images(num_visible: int) -> np.ndarray:

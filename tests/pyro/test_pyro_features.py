@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 pyro = pytest.importorskip("pyro")
 
 import pyro.poutine as poutine  # noqa: E402
+from helpers.pyro_machines import randomise  # noqa: E402
 from pyro.infer import SVI  # noqa: E402
 from pyro.optim import Adam  # noqa: E402
 
@@ -36,20 +37,6 @@ from wakesleep.trainer.exact import helmholtz_log_marginal  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "pyro_seed_0")
 
 GEN = "helmholtz_generative"
-
-
-def randomise(machine: HelmholtzMachine, seed: int, generative: float, recognition: float):
-    """Every parameter drawn ``N(0, scale²)`` before the machine first meets the param store;
-    the visible log-scales (Gaussian machines) uniform in ``[-0.7, 0.7]``."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in machine.named_parameters():
-            if name.endswith("visible_log_scale"):
-                param.uniform_(-0.7, 0.7, generator=generator)
-            else:
-                scale = generative if name.startswith("generative") else recognition
-                param.normal_(0.0, scale, generator=generator)
-    return machine
 
 
 def all_states(num_units: int) -> torch.Tensor:
