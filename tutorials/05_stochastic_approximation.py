@@ -708,10 +708,9 @@ for k in PARTICLE_COUNTS:
 # results for one small machine, one learning rate and 6,000 steps. As $K$ grows, RWS's
 # bias shrinks and JSA's advantage goes with it, as at $K = 10$.
 #
-# A JSA step costs about what an RWS step with the same $K$ costs at small $K$, and
-# about 20 % more at $K = 10$ (on the shared two-core CPU that ran this notebook: 0.60
-# against 0.62 ms at $K = 1$, 0.61 against 0.56 at $K = 2$, 1.09 against 0.90 at
-# $K = 10$; such timings move by 10–20 % from run to run). The extra work is scoring the chain's state (one more evaluation of model
+# A JSA step costs a little more than an RWS step with the same $K$: 5–20 % in the
+# table's last two columns (milliseconds per step on the two-core CPU that ran this
+# notebook; such timings move by 10–20 % from run to run). The extra work is scoring the chain's state (one more evaluation of model
 # and guide per datapoint), the sampler and the update of the chains. The chains also
 # take memory: one latent configuration per training image (here 1,500 × 16 values),
 # carried in the SVI state.
